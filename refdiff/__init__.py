@@ -1,0 +1,29 @@
+"""refdiff: a NumPy-first, spec-grade reference for the sampling math of diffusion models.
+
+The math is written once against the Python array API standard and runs unchanged on NumPy,
+torch (CPU and CUDA) and any conforming namespace; the namespace is inferred from the inputs.
+See README.md for the conventions and CONVENTIONS in the docstrings of each module.
+"""
+
+from refdiff.classifier_free import cfg, cfg_multi, cfg_scale_from_w, guidance_rescale, w_from_cfg_scale
+from refdiff.classifier_guidance import classifier_gradient, classifier_guided_eps, classifier_guided_mean
+from refdiff.forward import (PREDICTION_TYPES, posterior_coefficients, predict_x0_eps,
+                             prediction_from_x0_eps, q_posterior, q_sample, v_target)
+from refdiff.sampling import Guidance, ddim_invert, sample
+from refdiff.schedules import (SPACINGS, Schedule, cosine_schedule,
+                               guided_diffusion_linear_schedule, inference_timesteps,
+                               linear_schedule, rescale_zero_terminal_snr, scaled_linear_schedule)
+from refdiff.steps import (VARIANCES, ddim_inversion_step, ddim_sigma, ddim_step,
+                           ddpm_mean_variance, ddpm_step)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PREDICTION_TYPES", "SPACINGS", "VARIANCES", "Guidance", "Schedule", "cfg", "cfg_multi",
+    "cfg_scale_from_w", "classifier_gradient", "classifier_guided_eps", "classifier_guided_mean",
+    "cosine_schedule", "ddim_invert", "ddim_inversion_step", "ddim_sigma", "ddim_step",
+    "ddpm_mean_variance", "ddpm_step", "guidance_rescale", "guided_diffusion_linear_schedule",
+    "inference_timesteps", "linear_schedule", "posterior_coefficients", "predict_x0_eps",
+    "prediction_from_x0_eps", "q_posterior", "q_sample", "rescale_zero_terminal_snr", "sample",
+    "scaled_linear_schedule", "v_target", "w_from_cfg_scale",
+]

@@ -1,0 +1,269 @@
+"""Noise schedules and inference timesteps, built on the host in float64.
+
+Symbols: ``betas`` = β_t, ``alphas`` = α_t = 1 − β_t, ``alphas_cumprod`` = ᾱ_t = ∏_{s≤t} α_s,
+for discrete training timesteps t = 0 … T−1 (T = ``num_timesteps``). Clean data sits "before
+t = 0" and has ᾱ = 1. Tables are validated once, here, where they are built; the step functions
+then receive ᾱ values, not indices.
+
+The default host namespace is NumPy (through array-api-compat); pass ``xp=`` to build the
+tables with any other array-API namespace (the tests use array-api-strict).
+
+References
+----------
+.. [DDPM] J. Ho, A. Jain, P. Abbeel, "Denoising Diffusion Probabilistic Models",
+   arXiv:2006.11239v2, §4 (linear schedule β_1 = 1e-4 … β_T = 0.02, T = 1000).
+.. [IDDPM] A. Nichol, P. Dhariwal, "Improved Denoising Diffusion Probabilistic Models",
+   arXiv:2102.09672v1, Eq. 17 (cosine schedule) and §3.2.
+.. [LDM] R. Rombach et al., "High-Resolution Image Synthesis with Latent Diffusion Models",
+   arXiv:2112.10752v2 (the "scaled linear" schedule of Stable Diffusion, from its released
+   configuration).
+.. [ZSNR] S. Lin, B. Liu, J. Li, X. Yang, "Common Diffusion Noise Schedules and Sample Steps
+   are Flawed", arXiv:2305.08891v4, Algorithm 1 and Table 2 (timestep spacings).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat
+
+from refdiff._xp import choice
+
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def host_namespace():
+    """The default namespace for host tables: NumPy, wrapped by array-api-compat."""
+    import array_api_compat.numpy as np_xp  # imported lazily: math modules stay backend-free
+
+    return np_xp
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """A validated discrete noise schedule (host float64 tables of length T).
+
+    Attributes
+    ----------
+    betas : array, shape (T,), float64
+        β_t, each in (0, 1]; β = 1 only at the last step (a zero-terminal-SNR schedule).
+    alphas : array, shape (T,), float64
+        α_t = 1 − β_t.
+    alphas_cumprod : array, shape (T,), float64
+        ᾱ_t = ∏_{s≤t} α_s, strictly decreasing in [0, 1).
+
+    Build one with :meth:`from_betas` (which validates) or a schedule function.
+    """
+
+    betas: Any
+    alphas: Any
+    alphas_cumprod: Any
+
+    @property
+    def num_timesteps(self) -> int:
+        """T, the number of training timesteps."""
+        return int(self.betas.shape[0])
+
+    def alpha_bar(self, t: int) -> float:
+        """ᾱ_t as a Python float (host float64), for t in 0 … T−1."""
+        if not 0 <= int(t) < self.num_timesteps:
+            raise ValueError(f"t must lie in [0, {self.num_timesteps - 1}], got {t}")
+        return float(self.alphas_cumprod[int(t)])
+
+    @classmethod
+    def from_betas(cls, betas: Any, *, xp=None) -> "Schedule":
+        """Build and validate a schedule from β_t.
+
+        Parameters
+        ----------
+        betas : array-like, shape (T,)
+            β_t for t = 0 … T−1. Converted to float64 in ``xp``.
+        xp : namespace, optional
+            Host array namespace for the tables (default NumPy via array-api-compat).
+
+        Raises
+        ------
+        ValueError
+            If ``betas`` is not 1-D and non-empty, is not finite, has a value outside (0, 1]
+            or a 1 anywhere but last, or if ᾱ is not strictly decreasing.
+        """
+        xp = host_namespace() if xp is None else xp
+        betas = xp.asarray(betas, dtype=xp.float64)
+        if betas.ndim != 1 or betas.shape[0] < 1:
+            raise ValueError(f"betas must be 1-D and non-empty, got shape {tuple(betas.shape)}")
+        if not bool(xp.all(xp.isfinite(betas))):
+            raise ValueError("betas must be finite, got NaN or infinity")
+        if not bool(xp.all((betas > 0) & (betas <= 1))):
+            raise ValueError(f"betas must lie in (0, 1], got min {float(xp.min(betas))} "
+                             f"and max {float(xp.max(betas))}")
+        if bool(xp.any(betas[:-1] == 1)):
+            raise ValueError("betas may equal 1 only at the last step (zero terminal SNR)")
+        alphas = 1.0 - betas
+        alphas_cumprod = xp.cumulative_prod(alphas)
+        if bool(xp.any(alphas_cumprod[1:] >= alphas_cumprod[:-1])):
+            raise ValueError("alphas_cumprod must be strictly decreasing; some betas are so "
+                             "small, or alphas_cumprod so close to 0, that it stalls")
+        return cls(betas=betas, alphas=alphas, alphas_cumprod=alphas_cumprod)
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _check_beta(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise ValueError(f"{name} must lie in (0, 1], got {value}")
+    return float(value)
+
+
+def _linspace(xp, start: float, stop: float, n: int):
+    return xp.linspace(start, stop, n, dtype=xp.float64)
+
+
+def linear_schedule(num_timesteps: int = 1000, beta_start: float = 1e-4,
+                    beta_end: float = 0.02, *, xp=None) -> Schedule:
+    """Linear β schedule, not rescaled with T (diffusers' ``"linear"``).
+
+    .. math:: β_t = β_{start} + (β_{end} − β_{start})·t/(T−1)
+
+    References
+    ----------
+    DDPM, arXiv:2006.11239v2, §4 (β from 1e-4 to 0.02 over T = 1000).
+    """
+    T = _check_count("num_timesteps", num_timesteps)
+    b0, b1 = _check_beta("beta_start", beta_start), _check_beta("beta_end", beta_end)
+    xp = host_namespace() if xp is None else xp
+    return Schedule.from_betas(_linspace(xp, b0, b1, T), xp=xp)
+
+
+def guided_diffusion_linear_schedule(num_timesteps: int = 1000, *, xp=None) -> Schedule:
+    """Linear schedule rescaled by 1000/T (guided-diffusion / improved-diffusion ``"linear"``).
+
+    β_start = 1e-4·1000/T and β_end = 0.02·1000/T, so that T ≠ 1000 keeps ᾱ_{T−1} near the
+    T = 1000 value. Equal to :func:`linear_schedule` at T = 1000.
+
+    References
+    ----------
+    IDDPM, arXiv:2102.09672v1, §3.2 and its released code's ``get_named_beta_schedule``.
+    """
+    T = _check_count("num_timesteps", num_timesteps)
+    scale = 1000.0 / T
+    return linear_schedule(T, min(scale * 1e-4, 1.0), min(scale * 0.02, 1.0), xp=xp)
+
+
+def scaled_linear_schedule(num_timesteps: int = 1000, beta_start: float = 0.00085,
+                           beta_end: float = 0.012, *, xp=None) -> Schedule:
+    """Stable Diffusion's "scaled linear" schedule: linear in √β.
+
+    .. math:: β_t = (\\sqrt{β_{start}} + (\\sqrt{β_{end}} − \\sqrt{β_{start}})·t/(T−1))^2
+
+    References
+    ----------
+    LDM, arXiv:2112.10752v2 (released Stable Diffusion configuration).
+    """
+    T = _check_count("num_timesteps", num_timesteps)
+    b0, b1 = _check_beta("beta_start", beta_start), _check_beta("beta_end", beta_end)
+    xp = host_namespace() if xp is None else xp
+    return Schedule.from_betas(_linspace(xp, math.sqrt(b0), math.sqrt(b1), T) ** 2, xp=xp)
+
+
+def cosine_schedule(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999,
+                    *, xp=None) -> Schedule:
+    """Cosine schedule of Improved DDPM.
+
+    .. math::
+        \\bar α(τ) = \\cos^2\\Big(\\frac{τ + s}{1 + s}·\\frac{π}{2}\\Big), \\qquad
+        β_i = \\min\\big(1 − \\bar α((i+1)/T)/\\bar α(i/T),\\ β_{max}\\big)
+
+    References
+    ----------
+    IDDPM, arXiv:2102.09672v1, Eq. 17 (and the clipping of β at 0.999 in §3.2).
+    """
+    T = _check_count("num_timesteps", num_timesteps)
+    if not (math.isfinite(s) and s >= 0):
+        raise ValueError(f"s must be a finite number >= 0, got {s}")
+    max_beta = _check_beta("max_beta", max_beta)
+    xp = host_namespace() if xp is None else xp
+    tau = xp.arange(T + 1, dtype=xp.float64) / T
+    f = xp.cos((tau + s) / (1 + s) * (math.pi / 2)) ** 2
+    betas = xp.clip(1.0 - f[1:] / f[:-1], max=max_beta)
+    return Schedule.from_betas(betas, xp=xp)
+
+
+def rescale_zero_terminal_snr(schedule: Schedule) -> Schedule:
+    """Shift and scale √ᾱ so that ᾱ_{T−1} = 0 exactly and ᾱ_0 is unchanged.
+
+    .. math::
+        \\sqrt{\\bar α}' = (\\sqrt{\\bar α} − \\sqrt{\\bar α_{T−1}})·
+        \\frac{\\sqrt{\\bar α_0}}{\\sqrt{\\bar α_0} − \\sqrt{\\bar α_{T−1}}}
+
+    The last β becomes 1. ε-prediction cannot give x̂_0 at ᾱ = 0: the step functions refuse
+    that combination; use v- or x_0-prediction (or start sampling one step later).
+
+    References
+    ----------
+    ZSNR, arXiv:2305.08891v4, Algorithm 1.
+    """
+    xp = array_api_compat.array_namespace(schedule.alphas_cumprod)
+    if schedule.num_timesteps < 2:
+        raise ValueError("rescale_zero_terminal_snr needs num_timesteps >= 2")
+    sqrt_ab = xp.sqrt(schedule.alphas_cumprod)
+    first, last = float(sqrt_ab[0]), float(sqrt_ab[-1])
+    sqrt_ab = (sqrt_ab - last) * (first / (first - last))  # shift to 0 at T−1, keep t = 0
+    alphas_cumprod = sqrt_ab**2
+    alphas = xp.concat([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
+    return Schedule.from_betas(1.0 - alphas, xp=xp)
+
+
+def inference_timesteps(num_train_timesteps: int, num_inference_steps: int,
+                        spacing: str = "leading", offset: int = 0, *, xp=None):
+    """The training timesteps a sampler visits, descending (diffusers' spacing names).
+
+    With T = ``num_train_timesteps`` and n = ``num_inference_steps``:
+
+    - ``"leading"``: t_i = i·⌊T/n⌋ + offset, i = n−1 … 0.
+    - ``"trailing"``: t_i = round(T − i·T/n) − 1, i = 0 … n−1 (always includes T − 1).
+    - ``"linspace"``: round(linspace(0, T−1, n)) reversed (includes 0 and T − 1).
+
+    Rounding is half to even (NumPy's). ``offset`` applies to ``"leading"`` only
+    (diffusers' ``steps_offset``). Trailing is computed element by element rather than with a
+    float-step ``arange``, which yields n + 1 elements for some n (e.g. T = 1000, n = 61).
+
+    Returns
+    -------
+    timesteps : int64 array, shape (n,)
+        Descending, unique, each in [0, T−1] (host namespace, NumPy by default).
+
+    Raises
+    ------
+    ValueError
+        For n outside 1 … T, an unknown ``spacing``, or an ``offset`` that leaves [0, T−1].
+
+    References
+    ----------
+    ZSNR, arXiv:2305.08891v4, Table 2 (the three spacings).
+    """
+    T = _check_count("num_train_timesteps", num_train_timesteps)
+    n = _check_count("num_inference_steps", num_inference_steps)
+    if n > T:
+        raise ValueError(f"num_inference_steps must lie in 1..{T} (num_train_timesteps), got {n}")
+    choice("spacing", spacing, SPACINGS)
+    xp = host_namespace() if xp is None else xp
+    i = xp.arange(n, dtype=xp.float64)
+    if spacing == "leading":
+        t = xp.flip(i * (T // n) + offset)
+    elif spacing == "trailing":
+        t = xp.round(T - i * (T / n)) - 1
+    else:
+        t = xp.flip(xp.round(xp.linspace(0.0, T - 1.0, n, dtype=xp.float64)))
+    t = xp.astype(t, xp.int64)
+    if spacing == "leading" and (offset != int(offset) or int(t[0]) > T - 1 or offset < 0):
+        raise ValueError(f"offset must keep every timestep in [0, {T - 1}], got {offset} "
+                         f"(largest timestep {int(t[0])})")
+    return t

@@ -1,0 +1,43 @@
+"""Hypothesis strategies the tests share (the public kit will live in refdiff.testing)."""
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+ELEMENTS = st.floats(-3.0, 3.0, allow_nan=False, allow_infinity=False, allow_subnormal=False,
+                     width=64)
+SHAPES = st.one_of(hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=4),
+                   hnp.array_shapes(min_dims=4, max_dims=4, min_side=1, max_side=3))
+
+
+def arrays(shape):
+    return hnp.arrays(np.float64, shape, elements=ELEMENTS)
+
+
+@st.composite
+def batch(draw, n=2, shape=None):
+    """``n`` float64 arrays of one shape (B, ...)."""
+    shape = shape or draw(SHAPES)
+    return [draw(arrays(shape)) for _ in range(n)]
+
+
+# ᾱ kept away from 0 and 1 where a test divides by √ᾱ or √(1−ᾱ): conditioning ≤ ~5.
+alpha_bars = st.floats(0.04, 0.96)
+
+
+@st.composite
+def alpha_pair(draw, lo=0.04, hi=0.96):
+    """(ᾱ_t, ᾱ_prev) with ᾱ_t ≤ ᾱ_prev, both in [lo, hi]; sometimes ᾱ_prev = 1."""
+    a = draw(st.floats(lo, hi))
+    b = draw(st.one_of(st.just(1.0), st.floats(a, 1.0)))
+    return a, b
+
+
+@st.composite
+def per_sample_alpha_pair(draw, B):
+    """(B,) arrays ᾱ_t ≤ ᾱ_prev."""
+    pairs = [draw(alpha_pair()) for _ in range(B)]
+    return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+
+
+scales = st.one_of(st.sampled_from([0.0, 1.0, 0.5, -1.0, 7.5]), st.floats(-10, 10))
