@@ -3,8 +3,8 @@
 The math never asks for a backend: it infers the namespace from its input arrays. A backend
 object is needed only for four things the standard does not provide:
 
-- ``normal(shape, dtype=..., device=..., generator=...)``: standard normal draws from a
-  caller-supplied seed (an int) or generator object;
+- ``normal(shape, dtype=..., device=..., generator=...)`` and ``uniform(...)``: standard
+  normal and uniform [0, 1) draws from a caller-supplied seed (an int) or generator object;
 - ``grad(fn, x)``: the gradient of a scalar-valued function (torch: autograd);
 - ``to_numpy(a)``: a host NumPy copy, for reporting and tests;
 - ``synchronize(device)``: wait for queued device work (for timing).
@@ -57,6 +57,11 @@ class Backend:
     def normal(self, shape: tuple[int, ...], *, dtype: Any, device: Any = None,
                generator: Any = None):
         """Standard normal draws of ``shape`` in ``dtype`` on ``device``."""
+        raise NotImplementedError
+
+    def uniform(self, shape: tuple[int, ...], *, dtype: Any, device: Any = None,
+                generator: Any = None):
+        """Uniform draws on [0, 1) of ``shape`` in ``dtype`` on ``device``."""
         raise NotImplementedError
 
     def grad(self, fn: Callable[[Any], Any], x: Any):

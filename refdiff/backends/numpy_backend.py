@@ -35,5 +35,9 @@ class NumpyBackend(Backend):
         rng = self.generator(generator)
         return rng.standard_normal(tuple(shape)).astype(dtype, copy=False)
 
+    def uniform(self, shape, *, dtype: Any = np.float64, device: Any = None,
+                generator: Any = None):
+        return self.generator(generator).random(tuple(shape)).astype(dtype, copy=False)
+
     def to_numpy(self, a: Any):
         return np.asarray(a)

@@ -36,6 +36,11 @@ class StrictBackend(Backend):
         z = self.generator(generator).standard_normal(tuple(shape))
         return xs.asarray(xs.asarray(z, dtype=xs.float64), dtype=dtype, device=device)
 
+    def uniform(self, shape, *, dtype: Any = xs.float64, device: Any = None,
+                generator: Any = None):
+        u = self.generator(generator).random(tuple(shape))
+        return xs.asarray(xs.asarray(u, dtype=xs.float64), dtype=dtype, device=device)
+
     def to_numpy(self, a: Any):
         host = a.to_device(xs.Device("CPU_DEVICE"))
         return np.from_dlpack(host).copy()

@@ -42,6 +42,12 @@ class TorchBackend(Backend):
         z = torch.randn(tuple(shape), generator=gen, dtype=draw, device=device)
         return z.to(dtype)
 
+    def uniform(self, shape, *, dtype: Any = torch.float32, device: Any = None,
+                generator: Any = None):
+        device = torch.device(device or "cpu")
+        gen = self.generator(generator, device)
+        return torch.rand(tuple(shape), generator=gen, dtype=dtype, device=device)
+
     def grad(self, fn: Callable[[Any], Any], x: Any):
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
