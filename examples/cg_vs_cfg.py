@@ -14,6 +14,7 @@ import sys
 import numpy as np
 
 import refdiff as rd
+from refdiff._plotting import pyplot, save
 from refdiff.oracle import demo_mixture
 
 
@@ -40,11 +41,8 @@ def main(argv=None) -> int:
     x_cg, x_cfg, y = run(n, steps, args.scale)
     diff = float(np.max(np.abs(x_cg - x_cfg)))
     print(f"scale {args.scale}: max |x_CG − x_CFG| over {n} samples, {steps} DDIM steps = {diff:.2e}")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         print("figure: skipped (matplotlib missing)")
         return 0
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -53,9 +51,7 @@ def main(argv=None) -> int:
     ax.set_title(f"CG = CFG at s = {args.scale:g} (max diff {diff:.1e})", fontsize=10)
     ax.legend(loc="upper right", fontsize=8)
     ax.set_aspect("equal")
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
-    print(f"figure: {args.out}")
+    print(f"figure: {save(fig, args.out)}")
     return 0
 
 

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 
 import refdiff as rd
+from refdiff._plotting import pyplot, save
 
 
 def schedules(T: int):
@@ -38,9 +39,10 @@ def main(argv=None) -> int:
         print(f"  {spacing:<9} {rd.inference_timesteps(T, args.steps, spacing).tolist()}")
     if args.quick:
         return 0
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        print("figure: skipped (matplotlib missing)")
+        return 0
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     t = np.arange(T)
     for name, s in sch.items():
@@ -51,9 +53,7 @@ def main(argv=None) -> int:
     a1.set(xlabel="t", ylabel="alpha_bar_t", title="alpha_bar")
     a2.set(xlabel="t", ylabel="log SNR", title="log-SNR = log(alpha_bar / (1 - alpha_bar))")
     a1.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
-    print(f"figure: {args.out}")
+    print(f"figure: {save(fig, args.out)}")
     return 0
 
 

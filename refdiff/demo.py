@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 import refdiff as rd
+from refdiff._plotting import pyplot, save
 from refdiff.backends import get_backend
 from refdiff.cli import UsageError
 from refdiff.oracle import GaussianMixture, demo_mixture
@@ -87,11 +88,8 @@ def run_sweep(scales, *, n: int = 3000, steps: int = 100, sampler: str = "ddim",
 
 def plot(gm: GaussianMixture, rows, path: str) -> str | None:
     """Scatter plots of the samples per scale, coloured by target class; returns the path."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.4), sharex=True, sharey=True)
     for ax, (s, x0, y, m) in zip(np.atleast_1d(axes), rows):
@@ -100,10 +98,7 @@ def plot(gm: GaussianMixture, rows, path: str) -> str | None:
         ax.set_title(f"s = {s:g}\nacc {m['accuracy']:.2f}, SW1 {m['sw1']:.2f}", fontsize=9)
         ax.set_aspect("equal")
     fig.suptitle("CFG on the exact Gaussian-mixture oracle (colour = target class)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _parse(argv):

@@ -138,14 +138,32 @@ def v_target(x0: Any, eps: Any, alpha_bar_t: Any):
     return a * eps - b * x0
 
 
-def posterior_coefficients(alpha_bar_t: Any, alpha_bar_prev: Any, xp=None, like: Any = None):
+def posterior_coefficients(alpha_bar_t: Any, alpha_bar_prev: Any, *, like: Any = None):
     """Coefficients of q(x_prev | x_t, x_0) on a possibly respaced chain.
 
     Returns ``(c0, ct, variance, beta_step)`` with β' = 1 − ᾱ_t/ᾱ_prev,
     c0 = √ᾱ_prev·β'/(1−ᾱ_t), ct = √(1−β')·(1−ᾱ_prev)/(1−ᾱ_t),
-    variance β̃ = (1−ᾱ_prev)/(1−ᾱ_t)·β'. Each is a Python float (float ᾱ) or an array in
-    the dtype of ᾱ, not yet cast to the dtype of ``like``.
+    variance β̃ = (1−ᾱ_prev)/(1−ᾱ_t)·β', so that mean = c0·x_0 + ct·x_t.
+
+    Parameters
+    ----------
+    alpha_bar_t, alpha_bar_prev : float or array, shape () or (B,)
+        ᾱ_t in [0, 1) and ᾱ_prev in (0, 1], ᾱ_prev ≥ ᾱ_t.
+    like : array, optional
+        An array of shape (B, ...) that the coefficients will multiply; per-sample ᾱ
+        arrays are then shaped (B, 1, ..., 1).
+
+    Returns
+    -------
+    Python floats for float ᾱ, else arrays in the dtype of ᾱ (not yet cast to ``like``).
+
+    References
+    ----------
+    DDPM, arXiv:2006.11239v2, Eq. 7, with ᾱ_{t−1} replaced by ᾱ_prev and β_t by β'.
     """
+    arrays = [a for a in (like, alpha_bar_t, alpha_bar_prev) if _xp.is_array(a)]
+    like = arrays[0] if arrays else None
+    xp = _xp.namespace(like=like) if arrays else None
     ab_t = _xp.scalar(xp, "alpha_bar_t", alpha_bar_t, like, hi_open=True)
     ab_prev = _xp.scalar(xp, "alpha_bar_prev", alpha_bar_prev, like, lo_open=True)
     _xp.check_order("alpha_bar_prev", ab_prev, "alpha_bar_t", ab_t, xp)
@@ -195,6 +213,6 @@ def q_posterior(x0: Any, x_t: Any, alpha_bar_t: Any, alpha_bar_prev: Any):
     """
     xp = _xp.namespace(x0=x0, x_t=x_t)
     _xp.check_like(xp, "x_t", x_t, x0=x0)
-    c0, ct, variance, _ = posterior_coefficients(alpha_bar_t, alpha_bar_prev, xp, x_t)
+    c0, ct, variance, _ = posterior_coefficients(alpha_bar_t, alpha_bar_prev, like=x_t)
     mean = _xp.cast_to(xp, c0, x_t) * x0 + _xp.cast_to(xp, ct, x_t) * x_t
     return mean, _xp.as_array_like(xp, variance, x_t)

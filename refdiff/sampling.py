@@ -114,6 +114,14 @@ def _timesteps(schedule: Schedule, timesteps, num_inference_steps: int, spacing:
     return ts
 
 
+def _classifier_grad(g: Guidance, x, t: int):
+    """∇ log p(y | x_t) at the training timestep t, or None without classifier guidance."""
+    if g.classifier is None or g.classifier_scale == 0:
+        return None
+    grad_fn = None if g.classifier_grad is None else (lambda z: g.classifier_grad(z, t))
+    return classifier_gradient(lambda z: g.classifier(z, t), x, grad_fn=grad_fn)
+
+
 def _guided_step(x, x0, eps, ab_t, ab_prev, grad, noise, *, sampler, eta, variance, clip_x0,
                  rederive_eps, classifier_scale):
     """One DDIM or DDPM step from (x̂_0, ε̂), with classifier guidance if ``grad`` is given."""
@@ -192,10 +200,7 @@ def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, 
         last = i == len(ts) - 1
         ab_t, ab_prev = schedule.alpha_bar(t), final if last else schedule.alpha_bar(ts[i + 1])
         x0, eps = _model_x0_eps(model, x, t, ab_t, g, prediction_type)
-        grad = None
-        if g.classifier is not None and g.classifier_scale != 0:
-            grad = classifier_gradient(lambda z: g.classifier(z, t), x, grad_fn=None if
-                                       g.classifier_grad is None else (lambda z: g.classifier_grad(z, t)))
+        grad = _classifier_grad(g, x, t)
         noise = None
         if gen is not None:  # "is this the last step" decides: no noise after it
             noise = (backend.xp.zeros_like(x) if last else

@@ -112,7 +112,7 @@ def ddpm_mean_variance(x_t: Any, eps: Any, alpha_bar_t: Any, alpha_bar_prev: Any
     ab_t, ab_prev = _levels(xp, x_t, alpha_bar_t, alpha_bar_prev)
     x0 = _x0_from_eps(xp, x_t, eps, ab_t, x0)
     x0, _ = _clip_x0(xp, x_t, x0, eps, ab_t, clip_x0, rederive_eps=False)
-    c0, ct, beta_tilde, beta_step = posterior_coefficients(ab_t, ab_prev, xp, x_t)
+    c0, ct, beta_tilde, beta_step = posterior_coefficients(ab_t, ab_prev, like=x_t)
     mean = _xp.cast_to(xp, c0, x_t) * x0 + _xp.cast_to(xp, ct, x_t) * x_t
     var = beta_tilde if variance == "fixed_small" else beta_step
     return mean, _xp.as_array_like(xp, var, x_t)

@@ -38,8 +38,8 @@ def test_ddim_eta1_equals_ddpm_fixed_small(b, pair, clip):
 def test_ddim_eta1_differs_from_ddpm_when_eps_kept_after_clipping(b, pair):
     """Keeping the model's ε̂ after clipping breaks the η = 1 ↔ DDPM identity whenever the
     clip is active: the two conventions really differ."""
-    x, z = b
-    e = np.full_like(x, -4.0)  # x̂_0 = (x + 4√(1−ᾱ))/√ᾱ > 1 somewhere: clipping is active
+    e, z = b
+    x = rd.q_sample(np.full_like(e, 3.0), pair[0], e)  # x̂_0 = 3: the clip to [−1, 1] is active
     kept = rd.ddim_step(x, e, *pair, eta=1.0, noise=z, clip_x0=1.0, rederive_eps=False)
     ddpm = rd.ddpm_step(x, e, *pair, z, clip_x0=1.0)
     if pair[1] < 1.0 and pair[1] - pair[0] > 1e-3:
