@@ -36,14 +36,18 @@ def test_ddim_eta1_equals_ddpm_fixed_small(b, pair, clip):
 
 @given(b=batch(2), pair=alpha_pair())
 def test_ddim_eta1_differs_from_ddpm_when_eps_kept_after_clipping(b, pair):
-    """Keeping the model's ε̂ after clipping breaks the η = 1 ↔ DDPM identity whenever the
-    clip is active: the two conventions really differ."""
+    """Keeping the model's ε̂ after clipping breaks the η = 1 ↔ DDPM identity by exactly
+    dir·(ε̂ − ε̂_rederived), dir = √(1 − ᾱ_prev − σ²): the two conventions really differ."""
     e, z = b
-    x = rd.q_sample(np.full_like(e, 3.0), pair[0], e)  # x̂_0 = 3: the clip to [−1, 1] is active
-    kept = rd.ddim_step(x, e, *pair, eta=1.0, noise=z, clip_x0=1.0, rederive_eps=False)
-    ddpm = rd.ddpm_step(x, e, *pair, z, clip_x0=1.0)
-    if pair[1] < 1.0 and pair[1] - pair[0] > 1e-3:
-        assert np.max(np.abs(kept - ddpm)) > 1e-6
+    ab_t, ab_prev = pair
+    x = rd.q_sample(np.full_like(e, 3.0), ab_t, e)  # x̂_0 = 3: the clip to [−1, 1] is active
+    kept = rd.ddim_step(x, e, ab_t, ab_prev, eta=1.0, noise=z, clip_x0=1.0, rederive_eps=False)
+    ddpm = rd.ddpm_step(x, e, ab_t, ab_prev, z, clip_x0=1.0)
+    _, dir_coef = rd.ddim_sigma(ab_t, ab_prev, 1.0)
+    e_re = (x - np.sqrt(ab_t) * 1.0) / np.sqrt(1 - ab_t)
+    expected = dir_coef * (e - e_re)
+    np.testing.assert_allclose(kept - ddpm, expected, rtol=0, atol=4 * _tol(ab_t, x, e, z))
+    assert np.max(np.abs(expected)) > 0 or dir_coef == 0
 
 
 @given(b=batch(2), pair=alpha_pair(), eta=st.floats(0.0, 1.0))
