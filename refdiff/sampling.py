@@ -50,9 +50,9 @@ class Guidance:
     cond, uncond : any
         Conditions passed to the model (the unconditional branch gets ``uncond``; a negative
         prompt goes there too).
-    scale : float
-        CFG scale s (ε̃ = ε_u + s·(ε_c − ε_u)); 1 evaluates only the conditional branch and 0
-        only the unconditional one.
+    scale : float or (B,) array
+        CFG scale s (ε̃ = ε_u + s·(ε_c − ε_u)); a float 1 evaluates only the conditional
+        branch and 0 only the unconditional one.
     rescale : float
         Guidance-rescale φ (0 = off). ``rescale_space``: the space it acts in (None = the
         model's output space).
@@ -73,9 +73,10 @@ class Guidance:
 
 def _model_x0_eps(model, x, t: int, ab_t: float, g: Guidance, prediction_type: str):
     """Evaluate the model (both branches under CFG), guide, and return (x̂_0, ε̂)."""
-    if g.scale == 1:
+    per_sample = _xp.is_array(g.scale)  # a (B,) scale needs both branches
+    if not per_sample and g.scale == 1:
         out_c = out = model(x, t, g.cond)
-    elif g.scale == 0:
+    elif not per_sample and g.scale == 0:
         out_c = out = model(x, t, g.uncond)
     else:
         out_c = model(x, t, g.cond)
@@ -191,6 +192,8 @@ def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, 
     _xp.choice("prediction_type", prediction_type, PREDICTION_TYPES)
     _xp.choice("final_alpha_bar", final_alpha_bar, FINAL_ALPHA_BARS)
     g = guidance or Guidance()
+    if g.rescale_space is not None:
+        _xp.choice("Guidance.rescale_space", g.rescale_space, PREDICTION_TYPES)
     ts = _timesteps(schedule, timesteps, num_inference_steps, spacing)
     final = 1.0 if final_alpha_bar == "one" else schedule.alpha_bar(0)
     backend, dev = get_backend(x_T), _xp.device(x_T)

@@ -39,10 +39,13 @@ HAS_CUDA = torch is not None and torch.cuda.is_available()
 
 # Relative tolerance per dtype for one public function against NumPy float64 on the same
 # (rounded) inputs, applied to a scale that bounds the magnitude of the terms summed
-# (see ``close``). About 4500 eps for float64 (the ~1e-12 promise), 84 eps for float32,
-# 10 eps for float16 and 8 eps for bfloat16: a handful of roundings of intermediates, each
-# amplified at most ~5x by the divisions by sqrt(alpha_bar) the tests allow.
-RTOL = {"float64": 1e-12, "float32": 1e-5, "float16": 1e-2, "bfloat16": 6e-2}
+# (``close``; the backend tests use 10·max(1, |inputs|, |expected|), the 10 covering the
+# division by √ᾱ ≥ 0.2). float64: the ~1e-12 promise (4500 eps). The others are 4–17 eps of
+# their dtype: a handful of roundings of intermediates. Measured worst err/scale over 200
+# Hypothesis examples per function and row (2026-11-22): float64 4.1e-17, float32 3.5e-8,
+# float16 2.5e-4, bfloat16 1.6e-3, i.e. 0.2–0.3 eps, so each bound has a 16–60x margin for
+# other hardware (CUDA's fused multiply-adds) while an O(eps^0) formula slip still fails.
+RTOL = {"float64": 1e-12, "float32": 2e-6, "float16": 4e-3, "bfloat16": 3e-2}
 
 
 @dataclass(frozen=True)

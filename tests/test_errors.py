@@ -112,6 +112,8 @@ def test_zero_terminal_snr_with_eps_prediction_refused_in_loop():
     (dict(timesteps=[3, 5]), "timesteps must be a non-empty, strictly descending list"),
     (dict(timesteps=[99, 5]), r"in \[0, 19\]"),
     (dict(num_inference_steps=21), r"num_inference_steps must lie in 1..20"),
+    (dict(guidance=rd.Guidance(rescale=0.5, rescale_space="x0")),
+     "Guidance.rescale_space must be one of 'epsilon', 'sample', 'v_prediction'; got 'x0'"),
 ])
 def test_sample_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

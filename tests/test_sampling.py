@@ -95,6 +95,19 @@ def test_cfg_in_loop_evaluates_only_needed_branches():
         assert set(calls) == expected, (scale, calls)
 
 
+def test_per_sample_scale_in_loop():
+    """A (B,) scale array guides each sample with its own s (both branches evaluated)."""
+    model = gaussian_eps(0.0, 0.8)
+    x_T = np.random.default_rng(0).standard_normal((3, 2))
+    scales = np.array([0.0, 1.0, 4.0])
+    out = rd.sample(model, x_T, SCH, num_inference_steps=10,
+                    guidance=rd.Guidance(cond=1.0, scale=scales))
+    for i, s in enumerate(scales):
+        one = rd.sample(model, x_T[i:i + 1], SCH, num_inference_steps=10,
+                        guidance=rd.Guidance(cond=1.0, scale=float(s)))
+        np.testing.assert_allclose(out[i:i + 1], one, rtol=0, atol=1e-14)
+
+
 def test_cfg_in_loop_equals_manual():
     model = gaussian_eps(0.0, 0.8)
     x_T = np.random.default_rng(0).standard_normal((3, 2))
