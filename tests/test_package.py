@@ -14,7 +14,7 @@ import refdiff
 
 PKG = pathlib.Path(refdiff.__file__).parent
 MATH_MODULES = ["_xp", "schedules", "forward", "classifier_free", "classifier_guidance",
-                "steps", "sampling"]
+                "steps", "sampling", "oracle"]
 
 
 def _imports(path: pathlib.Path) -> set[str]:
@@ -77,6 +77,21 @@ def test_backend_registry_and_lookup():
         from refdiff import backends
         backends._factories.pop("dummy")
         backends._instances.pop("dummy")
+
+
+def test_backend_from_entry_point(monkeypatch):
+    """A third-party backend advertised in the ``refdiff.backends`` entry-point group loads."""
+    from importlib.metadata import EntryPoint
+
+    from refdiff import backends
+
+    ep = EntryPoint("ep_numpy", "refdiff.backends.numpy_backend:NumpyBackend", "refdiff.backends")
+    monkeypatch.setattr(backends, "entry_points", lambda group: [ep] if group == "refdiff.backends" else [])
+    monkeypatch.setattr(backends, "_entry_points_loaded", False)
+    monkeypatch.setattr(backends, "_factories", {})
+    monkeypatch.setattr(backends, "_instances", {})
+    assert "ep_numpy" in backends.available_backends()
+    assert backends.get_backend("ep_numpy").owns(np.ones(1))
 
 
 @pytest.mark.parametrize("name", ["numpy", "torch", "array_api_strict"])
