@@ -94,12 +94,13 @@ def _progress(items: Sequence[Any], enabled: bool):
         return items
     try:
         from tqdm.auto import tqdm
-    except ImportError:  # a plain counter on stderr
+    except ImportError:  # a plain counter on stderr, about ten updates a run
         def plain():
+            every = max(1, len(items) // 10)
             for i, item in enumerate(items):
-                print(f"\rstep {i + 1}/{len(items)}", end="", file=sys.stderr)
+                if (i + 1) % every == 0 or i + 1 == len(items):
+                    print(f"sampling: step {i + 1}/{len(items)}", file=sys.stderr)
                 yield item
-            print(file=sys.stderr)
         return plain()
     return tqdm(items, desc="sampling", leave=False)
 
