@@ -14,7 +14,7 @@ import refdiff
 
 PKG = pathlib.Path(refdiff.__file__).parent
 MATH_MODULES = ["_xp", "schedules", "forward", "classifier_free", "classifier_guidance",
-                "steps", "sampling"]
+                "steps", "sampling", "training", "distillation"]
 
 
 def _imports(path: pathlib.Path) -> set[str]:
