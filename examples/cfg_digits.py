@@ -14,9 +14,15 @@ standard deviation within a class (diversity, which guidance trades away).
     python examples/cfg_digits.py [--quick] [--out-dir DIR] [--no-cache]
 
 Writes ``training_cfg_digits.png`` (rows: scales, columns: classes 0–9) and
-``training_cfg_digits.json`` to the output folder (default docs/). docs/training.md has the
-measured numbers; full mode takes about 1–2 minutes on 2 CPU threads, the quick mode a few
-seconds.
+``training_cfg_digits.json`` to the output folder (default docs/).
+
+Measured in full mode (docs/training.md has the full tables): 125 s end to end on one CPU
+thread, 70 s of it training the denoiser (6,000 steps); quick mode a few seconds. Class
+consistency (1,000 samples per scale, evaluator test accuracy 0.989), DDIM 50 / DDPM 100:
+
+    s            0      0.25   0.5    0.75   1      1.5    2      3      5
+    DDIM 50      0.094  0.294  0.650  0.898  0.988  0.999  1.000  1.000  1.000
+    DDPM 100     0.105  0.413  0.810  0.962  0.994  1.000  1.000  1.000  1.000
 """
 
 from __future__ import annotations

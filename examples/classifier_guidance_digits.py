@@ -13,8 +13,19 @@ unconditional model and the samples are identical. Scores come from the separate
 
     python examples/classifier_guidance_digits.py [--quick] [--out-dir DIR] [--no-cache]
 
-Writes ``training_classifier_guidance.png`` and ``training_classifier_guidance.json``;
-docs/training.md has the measured numbers.
+Writes ``training_classifier_guidance.png`` and ``training_classifier_guidance.json``.
+
+Measured in full mode (docs/training.md has the full tables): 158 s end to end from a cold
+cache on one CPU thread (denoiser 81 s, noisy classifier 27 s). Class consistency, 1,000
+samples per scale, CG vs CFG at the same s:
+
+    s            0      1      2      3      5      8
+    CG  DDIM     0.094  0.833  0.974  0.994  1.000  1.000
+    CFG DDIM     0.094  0.988  1.000  1.000  1.000  1.000
+    CG  DDPM     0.105  0.797  0.922  0.943  0.966  0.983
+    CFG DDPM     0.105  0.994  1.000  1.000  1.000  1.000
+
+The noisy classifier's test accuracy is 0.986 at t = 0, 0.767 at t = 500, 0.172 at t = 900.
 """
 
 from __future__ import annotations
@@ -54,6 +65,27 @@ def sample_cg(model, classifier, schedule, labels, scale, *, sampler, steps, see
                      num_inference_steps=steps, guidance=g, clip_x0=1.0, generator=seed + 1)
 
 
+def compare(model, clf, schedule, labels, scales, evaluator, *, sampler, steps, seed):
+    """CG and CFG at each scale from the same x_T: per-scale records, table rows, and the
+    grid rows (all CG rows, then all CFG rows)."""
+    per_scale, rows, x_cgs, x_cfgs = {}, [], [], []
+    for s in scales:
+        t0 = time.perf_counter()
+        x_cg = sample_cg(model, clf, schedule, labels, s, sampler=sampler, steps=steps, seed=seed)
+        t_cg = time.perf_counter() - t0
+        x_cfg = sample_cfg(model, schedule, labels, s, sampler=sampler, steps=steps, seed=seed)
+        rec = {"cg_consistency": evaluator.consistency(x_cg, labels),
+               "cfg_consistency": evaluator.consistency(x_cfg, labels),
+               "cg_spread": spread(x_cg, labels), "cfg_spread": spread(x_cfg, labels),
+               "cg_seconds": round(t_cg, 2), "identical": bool(torch.equal(x_cg, x_cfg))}
+        per_scale[str(s)] = rec
+        rows.append([s, rec["cg_consistency"], rec["cfg_consistency"], rec["cg_spread"],
+                     rec["cfg_spread"]])
+        x_cgs.append(x_cg)
+        x_cfgs.append(x_cfg)
+    return per_scale, rows, x_cgs + x_cfgs
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p)
@@ -71,32 +103,16 @@ def main(argv=None) -> int:
                "noisy_classifier": c_info, "samples_per_scale": len(labels), "scales": scales,
                "noisy_classifier_accuracy_by_t": noisy_accuracy(clf, data, schedule, args.seed)}
     print("noisy classifier test accuracy by t:", results["noisy_classifier_accuracy_by_t"])
-    grid_cg, grid_cfg = [], []
+    grids = {}
     for sampler in ("ddim", "ddpm"):
-        rows, per_scale = [], {}
-        for s in scales:
-            t0 = time.perf_counter()
-            x_cg = sample_cg(model, clf, schedule, labels, s, sampler=sampler,
-                             steps=steps[sampler], seed=args.seed)
-            t_cg = time.perf_counter() - t0
-            x_cfg = sample_cfg(model, schedule, labels, s, sampler=sampler,
-                               steps=steps[sampler], seed=args.seed)
-            rec = {"cg_consistency": evaluator.consistency(x_cg, labels),
-                   "cfg_consistency": evaluator.consistency(x_cfg, labels),
-                   "cg_spread": spread(x_cg, labels), "cfg_spread": spread(x_cfg, labels),
-                   "cg_seconds": round(t_cg, 2), "identical": bool(torch.equal(x_cg, x_cfg))}
-            per_scale[str(s)] = rec
-            rows.append([s, rec["cg_consistency"], rec["cfg_consistency"], rec["cg_spread"],
-                         rec["cfg_spread"]])
-            if sampler == "ddim":
-                grid_cg.append(x_cg)
-                grid_cfg.append(x_cfg)
-        results[sampler] = per_scale
+        results[sampler], rows, grids[sampler] = compare(
+            model, clf, schedule, labels, scales, evaluator, sampler=sampler,
+            steps=steps[sampler], seed=args.seed)
         print(f"\n{sampler.upper()} {steps[sampler]} steps, {len(labels)} samples per scale")
         print_table(["scale s", "CG consistency", "CFG consistency", "CG spread", "CFG spread"],
                     rows)
     print(f"\nat s = 0 CG and CFG give identical samples: {results['ddim']['0.0']['identical']}")
-    png = save_grid(out_dir / "training_classifier_guidance.png", grid_cg + grid_cfg,
+    png = save_grid(out_dir / "training_classifier_guidance.png", grids["ddim"],
                     [f"CG s={s:g}" for s in scales] + [f"CFG s={s:g}" for s in scales],
                     f"Classifier guidance vs CFG on digits (DDIM {steps['ddim']})")
     results["total_seconds"] = round(time.perf_counter() - t_start, 2)

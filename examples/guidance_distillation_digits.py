@@ -17,8 +17,13 @@ interleaved repeats), their network evaluations, and the speed-up.
 
     python examples/guidance_distillation_digits.py [--quick] [--out-dir DIR] [--no-cache]
 
-Writes ``training_guidance_distillation.png`` and ``training_guidance_distillation.json``;
-docs/training.md has the measured numbers.
+Writes ``training_guidance_distillation.png`` and ``training_guidance_distillation.json``.
+
+Measured in full mode (docs/training.md has the full tables): 246 s end to end from a cold
+cache on one CPU thread (denoiser 93 s, student 112 s). Consistency gap teacher − student
+at s = 1, 1.5, 2, 3, 5: 0.002, 0, 0, 0, 0 (stated tolerance 0.03). Sampling 1,000 images
+at s = 3 with DDIM 50: teacher 100 network evaluations, 1.97 s; student 50, 1.03 s: a 1.9×
+speed-up in wall time.
 """
 
 from __future__ import annotations
@@ -83,6 +88,32 @@ def time_both(teacher, student, schedule, labels, *, steps, seed, repeats):
             "teacher_nfe": runs["teacher"][0].calls, "student_nfe": runs["student"][0].calls}
 
 
+def compare(teacher, student, schedule, labels, scales, evaluator, *, steps, seed):
+    """Teacher (CFG) and student at each scale from the same x_T: per-scale records, table
+    rows, and grid rows (teacher, student, teacher, ...)."""
+    per_scale, rows, grid = {}, [], []
+    for s in scales:
+        x_t = sample_cfg(teacher, schedule, labels, s, sampler="ddim", steps=steps, seed=seed)
+        x_s = sample_student(student, schedule, labels, s, steps=steps, seed=seed)
+        c_t, c_s = evaluator.consistency(x_t, labels), evaluator.consistency(x_s, labels)
+        rms = float((x_t - x_s).pow(2).mean().sqrt())
+        per_scale[str(s)] = {"teacher_consistency": c_t, "student_consistency": c_s,
+                             "gap": round(c_t - c_s, 4), "paired_rms": rms}
+        rows.append([s, c_t, c_s, c_t - c_s, rms])
+        grid += [x_t, x_s]
+    return per_scale, rows, grid
+
+
+def summary(n: int, timing: dict, worst: float) -> str:
+    verdict = "within" if worst <= GAP_TOLERANCE else "OUTSIDE"
+    return (f"\nsampling {n} images at s = {TIMING_SCALE:g}: teacher {timing['teacher_seconds']} s "
+            f"({timing['teacher_nfe']} NFE), student {timing['student_seconds']} s "
+            f"({timing['student_nfe']} NFE): speed-up {timing['speedup']}x\n"
+            f"(the sampling loop alone, around a free model: {timing['loop_seconds']} s; "
+            f"network time alone: {timing['network_speedup']}x)\n"
+            f"largest consistency gap {worst:.3f} (tolerance {GAP_TOLERANCE}): {verdict}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p)
@@ -99,16 +130,8 @@ def main(argv=None) -> int:
     results = {"evaluator_test_accuracy": evaluator.test_accuracy, "denoiser": t_info,
                "student": s_info, "samples_per_scale": len(labels), "scales": scales,
                "gap_tolerance": GAP_TOLERANCE}
-    rows, per_scale, grid = [], {}, []
-    for s in scales:
-        x_t = sample_cfg(teacher, schedule, labels, s, sampler="ddim", steps=steps, seed=args.seed)
-        x_s = sample_student(student, schedule, labels, s, steps=steps, seed=args.seed)
-        c_t, c_s = evaluator.consistency(x_t, labels), evaluator.consistency(x_s, labels)
-        rms = float((x_t - x_s).pow(2).mean().sqrt())
-        per_scale[str(s)] = {"teacher_consistency": c_t, "student_consistency": c_s,
-                             "gap": round(c_t - c_s, 4), "paired_rms": rms}
-        rows.append([s, c_t, c_s, c_t - c_s, rms])
-        grid += [x_t, x_s]
+    per_scale, rows, grid = compare(teacher, student, schedule, labels, scales, evaluator,
+                                    steps=steps, seed=args.seed)
     results["ddim"] = per_scale
     print(f"DDIM {steps} steps, {len(labels)} samples per scale, same x_T for both")
     print_table(["scale s", "teacher", "student", "gap", "paired RMS"], rows)
@@ -117,17 +140,11 @@ def main(argv=None) -> int:
     results["timing"] = timing
     worst = max(abs(r[3]) for r in rows)
     results["max_abs_gap"], results["within_tolerance"] = worst, worst <= GAP_TOLERANCE
-    print(f"\nsampling {len(labels)} images at s = {TIMING_SCALE:g}: teacher "
-          f"{timing['teacher_seconds']} s ({timing['teacher_nfe']} NFE), student "
-          f"{timing['student_seconds']} s ({timing['student_nfe']} NFE): speed-up "
-          f"{timing['speedup']}x\n(the sampling loop alone, around a free model: "
-          f"{timing['loop_seconds']} s; network time alone: {timing['network_speedup']}x)"
-          f"\nlargest consistency gap {worst:.3f} "
-          f"(tolerance {GAP_TOLERANCE}): {'within' if worst <= GAP_TOLERANCE else 'OUTSIDE'}")
+    print(summary(len(labels), timing, worst))
     names = [f"{who} s={s:g}" for s in scales for who in ("teacher", "student")]
     png = save_grid(out_dir / "training_guidance_distillation.png", grid, names,
-                    f"Guidance distillation on digits (DDIM {steps}): teacher (2 NFE/step) "
-                    "vs student (1 NFE/step)")
+                    f"Guidance distillation on digits (DDIM {steps}): teacher CFG "
+                    "(2 NFE/step when s ≠ 1) vs student (1 NFE/step)")
     results["total_seconds"] = round(time.perf_counter() - t_start, 2)
     path = write_results(out_dir, "training_guidance_distillation", results)
     print(f"\ndenoiser: {t_info}\nstudent: {s_info}\nfigure: {png}\nresults: {path}\n"

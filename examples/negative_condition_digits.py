@@ -11,7 +11,12 @@ samples still look like k ("rate of k"); the unconditional rate (s = 1) is the b
     python examples/negative_condition_digits.py [--quick] [--out-dir DIR] [--no-cache]
 
 Writes ``training_negative_condition.png`` (rows: scales, columns: the class avoided) and
-``training_negative_condition.json``; docs/training.md has the measured numbers.
+``training_negative_condition.json``.
+
+Measured in full mode (docs/training.md has the table): 88 s end to end from a cold cache on
+one CPU thread (73 s of it training the denoiser). Rate of the avoided class, mean over the
+10 classes, 100 samples each: 0.988 at s = 0, 0.094 at s = 1 (unconditional), 0.008 at
+s = 1.5, 0 from s = 2 on.
 """
 
 from __future__ import annotations
