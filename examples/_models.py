@@ -98,7 +98,8 @@ class Denoiser(nn.Module):
     def forward(self, x: torch.Tensor, t, c) -> torch.Tensor:
         if self.scale is not None:
             c, s = c
-            extra = self.label(c) + self.scale(rd.guidance_scale_embedding(s, EMB_IN, dtype=x.dtype))
+            w_emb = rd.guidance_scale_embedding(s, EMB_IN, dtype=x.dtype)  # of w = s − 1
+            extra = self.label(c) + self.scale(w_emb)
         else:
             extra = self.label(c)
         return self.trunk(x, t, extra).reshape(x.shape)
@@ -220,8 +221,8 @@ def distil_student(data: Digits, teacher: Denoiser, cfg: TrainConfig):
     return _fit(student, cfg, loss_fn)
 
 
-def cached(cache_dir: pathlib.Path | None, name: str, cfg: TrainConfig, build: Callable[[], nn.Module],
-           train: Callable[[], tuple[nn.Module, float]], extra_key: str = ""):
+def cached(cache_dir: pathlib.Path | None, name: str, cfg: TrainConfig,
+           build: Callable[[], nn.Module], train: Callable[[], tuple[nn.Module, float]], extra_key: str = ""):
     """Load a state dict trained with this exact configuration, or train and save one.
 
     Returns ``(model, info)`` with info = {"train_seconds", "final_loss", "cached"}; the

@@ -36,7 +36,8 @@ import time
 import torch
 
 import refdiff as rd
-from _digits import add_common_args, balanced_labels, noise, prepare, print_table, save_grid, write_results
+from _digits import (add_common_args, balanced_labels, noise, prepare, print_table, save_grid,
+                     write_results)
 from _models import as_refdiff_model, get_student, get_teacher, teacher_config
 from cfg_digits import sample_cfg
 

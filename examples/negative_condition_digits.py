@@ -72,7 +72,8 @@ def main(argv=None) -> int:
                     f"Negative condition (DDIM {steps}): column k avoids class k")
     results["total_seconds"] = round(time.perf_counter() - t_start, 2)
     path = write_results(out_dir, "training_negative_condition", results)
-    print(f"\ndenoiser: {info}\nfigure: {png}\nresults: {path}\ntotal: {results['total_seconds']} s")
+    print(f"\ndenoiser: {info}\nfigure: {png}\nresults: {path}\n"
+          f"total: {results['total_seconds']} s")
     return 0
 
 

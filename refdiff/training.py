@@ -211,8 +211,10 @@ def min_snr_weight(alpha_bar_t: Any, gamma: float = 5.0, prediction_type: str = 
 
     .. math::
         w_{x_0} = \\min(\\mathrm{SNR}, γ),\\quad
-        w_ε = \\frac{\\min(\\mathrm{SNR}, γ)}{\\mathrm{SNR}} = \\min\\!\\Big(1, \\frac{γ(1 − \\bar α)}{\\bar α}\\Big),\\quad
-        w_v = \\frac{\\min(\\mathrm{SNR}, γ)}{\\mathrm{SNR} + 1} = \\min\\big(\\bar α, γ(1 − \\bar α)\\big)
+        w_ε = \\frac{\\min(\\mathrm{SNR}, γ)}{\\mathrm{SNR}}
+            = \\min\\!\\Big(1, \\frac{γ(1 − \\bar α)}{\\bar α}\\Big),\\quad
+        w_v = \\frac{\\min(\\mathrm{SNR}, γ)}{\\mathrm{SNR} + 1}
+            = \\min\\big(\\bar α, γ(1 − \\bar α)\\big)
 
     Each makes the weighted loss of its parameterisation equal to min(SNR, γ)·‖x̂_0 − x_0‖²,
     since ‖ε̂ − ε‖² = SNR·‖x̂_0 − x_0‖² and ‖v̂ − v‖² = (SNR + 1)·‖x̂_0 − x_0‖² at a fixed x_t.
@@ -366,7 +368,9 @@ def noisy_classifier_loss(classifier: Callable[[Any, Any], Any], x0: Any, labels
                           t: Any, alpha_bar_t: Any, noise: Any, *, reduction: str = "mean"):
     """The classifier-guidance training objective: cross-entropy of p_φ(y | x_t, t).
 
-    .. math:: L_φ = −\\log p_φ\\big(y \\mid \\sqrt{\\bar α_t}\\,x_0 + \\sqrt{1 − \\bar α_t}\\,ε,\\ t\\big)
+    .. math::
+        L_φ = −\\log p_φ\\big(y \\mid \\sqrt{\\bar α_t}\\,x_0
+              + \\sqrt{1 − \\bar α_t}\\,ε,\\ t\\big)
 
     Parameters
     ----------

@@ -81,7 +81,8 @@ def test_draws_are_seeded_on_every_library(target):
     emb = target.make(np.ones((64, 3)))
     out, dropped = rd.drop_condition(emb, 0.0, 0.3, generator=2)
     target.check_meta(out, (64, 3))
-    np.testing.assert_array_equal(to_numpy(out), np.where(to_numpy(dropped)[:, None], 0.0, np.ones((64, 3))))
+    expected = np.where(to_numpy(dropped)[:, None], 0.0, np.ones((64, 3)))
+    np.testing.assert_array_equal(to_numpy(out), expected)
     s = rd.sample_guidance_scales(x, 1.0, 4.0, generator=3)
     assert str(s.dtype).split(".")[-1] == "float64" and float(to_numpy(s).min()) >= 1.0
 

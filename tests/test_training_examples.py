@@ -124,7 +124,8 @@ def test_recorded_full_runs_meet_the_acceptance():
     r = _report.load(DOCS)
     cfg, cg = r["training_cfg_digits"], r["training_classifier_guidance"]
     runs = [(cfg[k], cfg["scales"], "consistency") for k in ("ddim", "ddpm")]
-    runs += [(cg[k], cg["scales"], f"{m}_consistency") for k in ("ddim", "ddpm") for m in ("cg", "cfg")]
+    runs += [(cg[k], cg["scales"], f"{m}_consistency")
+             for k in ("ddim", "ddpm") for m in ("cg", "cfg")]
     for per_scale, scales, key in runs:
         c = _consistencies(per_scale, scales, key)
         assert all(b >= a - 0.005 for a, b in zip(c, c[1:])), (key, c)
