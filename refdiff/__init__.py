@@ -7,6 +7,8 @@ See README.md for the conventions and CONVENTIONS in the docstrings of each modu
 
 from refdiff.classifier_free import cfg, cfg_multi, cfg_scale_from_w, guidance_rescale, w_from_cfg_scale
 from refdiff.classifier_guidance import classifier_gradient, classifier_guided_eps, classifier_guided_mean
+from refdiff.distillation import (guidance_distillation_target, guidance_scale_embedding,
+                                  sample_guidance_scales, sinusoidal_embedding)
 from refdiff.forward import (PREDICTION_TYPES, posterior_coefficients, predict_x0_eps,
                              prediction_from_x0_eps, q_posterior, q_sample, v_target)
 from refdiff.sampling import Guidance, ddim_invert, sample
@@ -15,6 +17,9 @@ from refdiff.schedules import (SPACINGS, Schedule, cosine_schedule,
                                linear_schedule, rescale_zero_terminal_snr, scaled_linear_schedule)
 from refdiff.steps import (VARIANCES, ddim_inversion_step, ddim_sigma, ddim_step,
                            ddpm_mean_variance, ddpm_step)
+from refdiff.training import (alpha_bar_at, cross_entropy, diffusion_loss, drop_condition,
+                              label_log_prob, min_snr_weight, noisy_classifier_loss,
+                              sample_timesteps, snr)
 
 __version__ = "0.1.0"
 
@@ -26,4 +31,9 @@ __all__ = [
     "inference_timesteps", "linear_schedule", "posterior_coefficients", "predict_x0_eps",
     "prediction_from_x0_eps", "q_posterior", "q_sample", "rescale_zero_terminal_snr", "sample",
     "scaled_linear_schedule", "v_target", "w_from_cfg_scale",
+    # training side (refdiff.training, refdiff.distillation)
+    "alpha_bar_at", "cross_entropy", "diffusion_loss", "drop_condition",
+    "guidance_distillation_target", "guidance_scale_embedding", "label_log_prob",
+    "min_snr_weight", "noisy_classifier_loss", "sample_guidance_scales", "sample_timesteps",
+    "sinusoidal_embedding", "snr",
 ]

@@ -1,0 +1,117 @@
+"""The training-side math on every backend row against NumPy float64, plus torch autograd.
+
+Inputs are drawn in NumPy float64, rounded to the row's dtype and moved to its library and
+device (conftest's Target); the reference is NumPy float64 on the rounded inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import refdiff as rd
+from conftest import close, to_numpy
+from strategies import alpha_bars, batch
+
+LOSS_CASES = [("epsilon", "none"), ("sample", "min_snr"), ("v_prediction", "min_snr"),
+              ("epsilon", "min_snr")]
+
+
+@pytest.mark.parametrize("pt,weighting", LOSS_CASES, ids=lambda v: str(v))
+@settings(max_examples=15)
+@given(b=batch(3), ab=st.lists(alpha_bars, min_size=4, max_size=4))
+def test_diffusion_loss_matches_numpy(target, pt, weighting, b, ab):
+    arrays = [target.rounded(a) for a in b]
+    ab = np.resize(np.array(ab), arrays[0].shape[0])
+    expected = rd.diffusion_loss(*arrays, ab, pt, weighting=weighting, reduction="none")
+    out = rd.diffusion_loss(*[target.make(a) for a in arrays], target.make64(ab), pt,
+                            weighting=weighting, reduction="none")
+    target.check_meta(out, expected.shape)
+    # terms up to ~(3 + 5·3)² = 324 before the mean; weights ≤ 5
+    close(out, expected, target.dtype, scale=2000.0)
+
+
+@settings(max_examples=15)
+@given(n=st.integers(1, 6), K=st.integers(2, 5), seed=st.integers(0, 2**32 - 1))
+def test_cross_entropy_matches_numpy(target, n, K, seed):
+    rng = np.random.default_rng(seed)
+    logits = target.rounded(rng.normal(scale=3.0, size=(n, K)))
+    labels = rng.integers(0, K, n)
+    expected = rd.cross_entropy(logits, labels, reduction="none")
+    out = rd.cross_entropy(target.make(logits), _int_labels(target, labels), reduction="none")
+    target.check_meta(out, (n,))
+    close(out, expected, target.dtype, scale=20.0)
+
+
+def _int_labels(target, labels: np.ndarray):
+    """int64 labels in the row's library and on its device."""
+    if target.library == "numpy":
+        return labels
+    made = target.make64(labels)
+    if target.library == "torch":
+        return made.to(dtype=__import__("torch").int64)
+    import array_api_strict as xs
+
+    return xs.astype(made, xs.int64)
+
+
+def test_sinusoidal_embedding_matches_numpy(target):
+    v = np.array([0.0, 1.5, 999.0, -3.25])
+    expected = rd.sinusoidal_embedding(target.rounded(v), 8)
+    out = rd.sinusoidal_embedding(target.make(v), 8)
+    target.check_meta(out, (4, 8))
+    close(out, expected, target.dtype)
+
+
+def test_draws_are_seeded_on_every_library(target):
+    """Same seed, same draws within a library; int64 timesteps and a bool mask on the
+    device of the input; numpy and array-api-strict share NumPy's generator."""
+    x = target.make(np.zeros((64, 2)))
+    t1 = rd.sample_timesteps(x, 100, generator=7)
+    assert np.array_equal(to_numpy(t1), to_numpy(rd.sample_timesteps(x, 100, generator=7)))
+    assert str(t1.dtype).split(".")[-1] == "int64"
+    if target.library == "array_api_strict":
+        np.testing.assert_array_equal(
+            to_numpy(t1), rd.sample_timesteps(np.zeros((64, 2)), 100, generator=7))
+    assert to_numpy(t1).min() >= 0 and to_numpy(t1).max() <= 99
+    ab = rd.alpha_bar_at(rd.cosine_schedule(100), t1)
+    assert str(ab.dtype).split(".")[-1] == "float64" and tuple(ab.shape) == (64,)
+    emb = target.make(np.ones((64, 3)))
+    out, dropped = rd.drop_condition(emb, 0.0, 0.3, generator=2)
+    target.check_meta(out, (64, 3))
+    expected = np.where(to_numpy(dropped)[:, None], 0.0, np.ones((64, 3)))
+    np.testing.assert_array_equal(to_numpy(out), expected)
+    s = rd.sample_guidance_scales(x, 1.0, 4.0, generator=3)
+    assert str(s.dtype).split(".")[-1] == "float64" and float(to_numpy(s).min()) >= 1.0
+
+
+def test_torch_autograd_through_the_losses():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x0, eps, out = (torch.asarray(rng.normal(size=(3, 4))) for _ in range(3))
+    ab = torch.asarray([0.2, 0.5, 0.9], dtype=torch.float64)
+    out.requires_grad_(True)
+    loss = rd.diffusion_loss(out, x0, eps, ab, "v_prediction", weighting="min_snr")
+    loss.backward()
+    w = rd.min_snr_weight(ab, 5.0, "v_prediction")[:, None]
+    target = rd.v_target(x0, eps, ab)
+    # d/d out of mean_b w_b·mean_d (out − y)² = 2·w_b·(out − y)/(B·D)
+    torch.testing.assert_close(out.grad, 2 * w * (out.detach() - target) / 12, rtol=1e-12, atol=0)
+    logits = torch.asarray(rng.normal(size=(5, 3)), requires_grad=True)
+    labels = torch.asarray([0, 2, 1, 1, 0])
+    rd.cross_entropy(logits, labels).backward()
+    ref = logits.detach().clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(ref, labels).backward()
+    torch.testing.assert_close(logits.grad, ref.grad, rtol=1e-12, atol=1e-15)
+
+
+def test_learned_null_embedding_gets_the_gradient():
+    torch = pytest.importorskip("torch")
+    emb = torch.ones(8, 3)
+    null = torch.zeros(3, requires_grad=True)
+    out, dropped = rd.drop_condition(emb, null, 0.5, generator=torch.Generator().manual_seed(0))
+    out.sum().backward()
+    assert torch.equal(null.grad, torch.full((3,), float(dropped.sum())))
+    assert 0 < int(dropped.sum()) < 8
