@@ -14,7 +14,6 @@ import refdiff
 
 PKG = pathlib.Path(refdiff.__file__).parent
 MATH_MODULES = ["_xp", "schedules", "forward", "classifier_free", "classifier_guidance",
-MATH_MODULES = ["_xp", "schedules", "forward", "classifier_free", "classifier_guidance",
                 "steps", "sampling", "oracle", "training", "distillation"]
 
 
