@@ -228,12 +228,14 @@ def inference_timesteps(num_train_timesteps: int, num_inference_steps: int,
     With T = ``num_train_timesteps`` and n = ``num_inference_steps``:
 
     - ``"leading"``: t_i = i·⌊T/n⌋ + offset, i = n−1 … 0.
-    - ``"trailing"``: t_i = round(T − i·T/n) − 1, i = 0 … n−1 (always includes T − 1).
+    - ``"trailing"``: t_i = round(T·(n − i)/n) − 1, i = 0 … n−1 (always includes T − 1).
     - ``"linspace"``: round(linspace(0, T−1, n)) reversed (includes 0 and T − 1).
 
     Rounding is half to even (NumPy's). ``offset`` applies to ``"leading"`` only
-    (diffusers' ``steps_offset``). Trailing is computed element by element rather than with a
-    float-step ``arange``, which yields n + 1 elements for some n (e.g. T = 1000, n = 61).
+    (diffusers' ``steps_offset``). Trailing rounds the exact quotient T·(n − i)/n: the integer
+    T·(n − i) divided once by n lands exactly on every tie (T = 1000, n = 240, i = 195 gives
+    187.5 → 188 → 187), whereas T − i·(T/n) drifts off ties, and a float-step ``arange`` yields
+    n + 1 elements for some n (e.g. T = 1000, n = 61).
 
     Returns
     -------
@@ -259,7 +261,7 @@ def inference_timesteps(num_train_timesteps: int, num_inference_steps: int,
     if spacing == "leading":
         t = xp.flip(i * (T // n) + offset)
     elif spacing == "trailing":
-        t = xp.round(T - i * (T / n)) - 1
+        t = xp.round((T * (n - i)) / n) - 1
     else:
         t = xp.flip(xp.round(xp.linspace(0.0, T - 1.0, n, dtype=xp.float64)))
     t = xp.astype(t, xp.int64)

@@ -85,11 +85,19 @@ def test_guidance_values():
     (10, 3, "linspace", [9, 4, 0]),   # round(0, 4.5, 9): 4.5 rounds half to even
     (1000, 10, "leading", list(range(900, -1, -100))),
     (1000, 10, "trailing", list(range(999, 0, -100))),
+    (6, 4, "trailing", [5, 3, 2, 1]),  # round(6, 4.5, 3, 1.5) − 1: ties go to even
     (1000, 10, "linspace", list(range(999, -1, -111))),
 ])
 def test_inference_timesteps_values(T, n, spacing, expected):
     t = rd.inference_timesteps(T, n, spacing)
     assert t.tolist() == expected and t.dtype == np.int64
+
+
+def test_trailing_exact_tie():
+    """T = 1000, n = 240, i = 195: T·(n − i)/n = 187.5 exactly, which rounds to 188, so t = 187.
+    The float form T − i·(T/n) gives 187.4999… and t = 186 (11 such n at T = 1000)."""
+    assert rd.inference_timesteps(1000, 240, "trailing")[195] == 187
+    assert round(1000 - 195 * (1000 / 240)) - 1 == 186
 
 
 def test_leading_offset():

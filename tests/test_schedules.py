@@ -2,6 +2,8 @@
 
 import math
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -79,10 +81,11 @@ def test_inference_timesteps_invariants(T, data):
 
 @pytest.mark.parametrize("T", [1, 7, 1000])
 def test_inference_timesteps_every_n(T):
-    """Every n in 1..T, against the definitions written out with NumPy's own rounding."""
+    """Every n in 1..T, against the definitions written out independently: trailing with exact
+    rationals (Python's round of a Fraction is half to even, like NumPy's)."""
     for n in range(1, T + 1):
         lead = np.arange(n)[::-1] * (T // n)
-        trail = np.round(T - np.arange(n) * (T / n)).astype(np.int64) - 1
+        trail = np.array([round(Fraction(T * (n - i), n)) - 1 for i in range(n)], np.int64)
         lin = np.round(np.linspace(0, T - 1, n))[::-1].astype(np.int64)
         for spacing, ref in (("leading", lead), ("trailing", trail), ("linspace", lin)):
             t = rd.inference_timesteps(T, n, spacing)
