@@ -20,9 +20,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import array_api_compat
 import numpy as np
 
 import refdiff as rd
+
+
+def _zeros_like(x):
+    return array_api_compat.array_namespace(x).zeros_like(x)
 
 
 def alpha_bar_prev(schedule: rd.Schedule, t_prev: int, final_alpha_bar: str = "one") -> float:
@@ -51,13 +56,14 @@ def posterior(schedule: rd.Schedule, x0, x_t, t: int, t_prev: int, *, final_alph
     """(mean, variance) of q(x_prev | x_t, x_0) on the listed chain (DDPM Eqs. 6–7)."""
     mean, var = rd.q_posterior(x0, x_t, schedule.alpha_bar(t),
                                alpha_bar_prev(schedule, t_prev, final_alpha_bar))
-    return mean, np.broadcast_to(var, np.shape(x_t)).copy()
+    xp = array_api_compat.array_namespace(x_t)
+    return mean, xp.broadcast_to(xp.asarray(var), x_t.shape)
 
 
 def ddpm_step(schedule: rd.Schedule, x_t, eps, t: int, t_prev: int, *, noise,
               variance="fixed_small", final_alpha_bar="one", clip_x0=None, **_: Any):
     """One DDPM step (DDPM Algorithm 2 on the listed chain); no noise when t_prev = −1."""
-    noise = np.zeros_like(x_t) if t_prev < 0 else noise
+    noise = _zeros_like(x_t) if t_prev < 0 else noise
     return rd.ddpm_step(x_t, eps, schedule.alpha_bar(t),
                         alpha_bar_prev(schedule, t_prev, final_alpha_bar), noise,
                         variance=variance, clip_x0=clip_x0)
@@ -66,7 +72,7 @@ def ddpm_step(schedule: rd.Schedule, x_t, eps, t: int, t_prev: int, *, noise,
 def ddim_step(schedule: rd.Schedule, x_t, eps, t: int, t_prev: int, *, eta=0.0, noise=None,
               final_alpha_bar="one", clip_x0=None, rederive_eps=True, **_: Any):
     """One DDIM step (DDIM Eq. 12, σ from Eq. 16, variance η²·β̃); no noise when t_prev = −1."""
-    noise = np.zeros_like(x_t) if (t_prev < 0 or noise is None) else noise
+    noise = _zeros_like(x_t) if (t_prev < 0 or noise is None) else noise
     return rd.ddim_step(x_t, eps, schedule.alpha_bar(t),
                         alpha_bar_prev(schedule, t_prev, final_alpha_bar), eta=eta,
                         noise=noise, clip_x0=clip_x0, rederive_eps=rederive_eps)
