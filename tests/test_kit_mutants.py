@@ -27,14 +27,6 @@ def test_mutant_is_caught(case):
     assert result.counterexample and result.reproduction and result.max_abs > 1e-9
 
 
-def test_mutation_table_over_seeds():
-    rows = M.mutation_table(seeds=[1], max_examples=200)  # a random (seeded) search
-    assert len(rows) == len(M.MUTANTS) >= 12
-    assert all(r["caught"] == r["seeds"] for r in rows), M.format_table(rows)
-    text = M.format_table(rows)
-    assert text.count("\n") == len(rows) and "1/1" in text
-
-
 def test_noise_on_last_step_needs_a_nonzero_last_variance():
     """The 't > 0' bug is invisible where the last step's variance is 0 (fixed_small to
     alpha_bar = 1), and caught where it is not (fixed_large): the check is not vacuous."""
