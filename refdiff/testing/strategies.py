@@ -86,7 +86,7 @@ def timestep_pairs(draw, T: int, spacings=rd.SPACINGS, max_steps: int | None = N
                    offset: int = 0):
     """(n, spacing, t, t_prev): consecutive listed timesteps; t_prev = −1 after the last one."""
     n, spacing, ts = draw(timestep_lists(T, spacings, max_steps, offset))
-    i = draw(st.one_of(st.just(n - 1), st.just(0), st.integers(0, n - 1)))
+    i = draw(st.one_of(st.just(n - 1), st.integers(0, n - 1), st.just(n - 1), st.just(0)))
     return n, spacing, ts[i], (ts[i + 1] if i + 1 < n else -1)
 
 
