@@ -23,7 +23,7 @@ def test_correct_control_passes(case):
 def test_mutant_is_caught(case):
     result = M.run_case(case)
     assert not result.passed, f"{case.name} was not caught by {case.check.__name__}"
-    assert result.examples_to_fail <= 60, result.examples_to_fail
+    assert result.examples_to_fail <= 100, result.examples_to_fail  # budget: 150 (50 for schedules)
     assert result.counterexample and result.reproduction and result.max_abs > 1e-9
 
 
