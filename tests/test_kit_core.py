@@ -98,6 +98,9 @@ def own(check_name, sched=SCHED):
 ROWS = [Target()] + [pytest.param(Target(*row), marks=pytest.mark.skipif(
     not _has(row[0]), reason=f"{row[0]} missing"), id="-".join(row))
     for row in [("torch", "float32"), ("torch", "float16"), ("array_api_strict", "float32")]]
+ROWS.append(pytest.param(Target("torch", "float32", "cuda"), id="torch-float32-cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not (_has("torch") and __import__("torch").cuda.is_available()),
+                                         reason="no CUDA device")]))
 
 
 @pytest.mark.parametrize("target", ROWS)

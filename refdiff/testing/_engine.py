@@ -126,11 +126,7 @@ def run(name: str, strategy, trial: Callable[[Any], None], *, describe: Callable
             state["last"] = (example, exc)
             raise _Failure() from exc
 
-    conf = settings(max_examples=max_examples, derandomize=seed is None, database=None,
-                    deadline=None, print_blob=False, report_multiple_bugs=False,
-                    phases=[Phase.explicit, Phase.generate, Phase.shrink],
-                    suppress_health_check=list(HealthCheck))
-    test = conf(given(strategy)(inner))
+    test = _settings(max_examples, seed)(given(strategy)(inner))
     if seed is not None:
         test = hseed(seed)(test)
     with reporting.with_reporter(lambda *_: None):
@@ -146,7 +142,20 @@ def run(name: str, strategy, trial: Callable[[Any], None], *, describe: Callable
     if state["last"] is None:
         return CheckResult(name, True, state["n"], seconds, settings=meta)
     example, exc = state["last"]
-    named = describe(example)
+    return _failed(name, describe(example), exc, state, seconds, reproduce, meta)
+
+
+def _settings(max_examples: int, seed: int | None) -> settings:
+    """Deterministic (``derandomize``) unless seeded; no database, deadline or health checks."""
+    return settings(max_examples=max_examples, derandomize=seed is None, database=None,
+                    deadline=None, print_blob=False, report_multiple_bugs=False,
+                    phases=[Phase.explicit, Phase.generate, Phase.shrink],
+                    suppress_health_check=list(HealthCheck))
+
+
+def _failed(name: str, named: dict, exc: Exception, state: dict, seconds: float,
+            reproduce: Callable[[dict], str], meta: dict) -> CheckResult:
+    """The CheckResult of a failed search, from the shrunk example and its exception."""
     message = str(exc) if isinstance(exc, ConformanceError) else f"{type(exc).__name__}: {exc}"
     return CheckResult(
         name, False, state["n"], seconds, counterexample=named,

@@ -75,6 +75,7 @@ class DiffusersScheduler:
         if table not in ("float64", "native"):
             raise ValueError(f"table must be 'float64' or 'native', got {table!r}")
         self.name, self.table, self.use_clipped = name, table, use_clipped_model_output
+        self.eta = 0.0  # η of the DDIM loop adapter (see with_eta)
         self.cls = getattr(diffusers, name)
         self.config = dict(self.cls().config) if not config else dict(self.cls(**config).config)
         self._cache: dict[int, Any] = {}
@@ -182,15 +183,13 @@ class DiffusersScheduler:
         x = x_T
         for i, t in enumerate(ts):
             step = self.ddim_step if self.is_ddim else self.ddpm_step
-            extra = {"eta": self._eta} if self.is_ddim else {}
+            extra = {"eta": self.eta} if self.is_ddim else {}
             x = step(x, model(x, t), t, -1, noise=noises[i], num_inference_steps=len(ts), **extra)
         return x
 
-    _eta = 0.0
-
     def with_eta(self, eta: float) -> "DiffusersScheduler":
         """The loop adapter runs DDIM with this η (default 0)."""
-        self._eta = float(eta)
+        self.eta = float(eta)
         return self
 
     def adapter(self, check: str) -> Callable:
