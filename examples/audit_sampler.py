@@ -54,7 +54,8 @@ DIFFUSERS_CONFIGS = [
     ("DDIMScheduler", {}), ("DDIMScheduler", {"timestep_spacing": "trailing"}),
     ("DDIMScheduler", {"timestep_spacing": "linspace"}), ("DDIMScheduler", {"steps_offset": 1}),
     ("DDIMScheduler", {"set_alpha_to_one": False}),
-    ("DDPMScheduler", {}), ("DDPMScheduler", {"timestep_spacing": "trailing", "variance_type": "fixed_large"}),
+    ("DDPMScheduler", {}),
+    ("DDPMScheduler", {"timestep_spacing": "trailing", "variance_type": "fixed_large"}),
     ("DDPMScheduler", {"steps_offset": 1, "variance_type": "fixed_large"}),
     ("DDPMScheduler", {"variance_type": "fixed_large_log"}),
 ]

@@ -200,8 +200,8 @@ def check_posterior(candidate: Callable, *, schedule=None, spacings=rd.SPACINGS,
                        f"final_alpha_bar={final_alpha_bar!r})",
                        "candidate(x0, x_t, t, t_prev)", d, src)
 
-    return run("posterior", strategy, trial, describe=describe, reproduce=reproduce, max_examples=max_examples,
-               seed=seed)
+    return run("posterior", strategy, trial, describe=describe, reproduce=reproduce,
+               max_examples=max_examples, seed=seed)
 
 
 def check_cfg(candidate: Callable, *, target: Target = Target(), exact_ends: bool = False,

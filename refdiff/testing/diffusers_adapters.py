@@ -43,7 +43,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-import refdiff as rd
 from refdiff.testing.strategies import ScheduleSpec
 
 KINDS = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2",
@@ -179,7 +178,8 @@ class DiffusersScheduler:
         sched = self._stepper(len(timesteps))
         ts = [int(t) for t in sched.timesteps]
         if len(ts) != len(noises):
-            raise ValueError(f"set_timesteps({len(timesteps)}) gave {len(ts)} timesteps: {ts[-4:]} at the end")
+            raise ValueError(f"set_timesteps({len(timesteps)}) gave {len(ts)} timesteps, "
+                             f"ending {ts[-4:]}")
         x = x_T
         for i, t in enumerate(ts):
             step = self.ddim_step if self.is_ddim else self.ddpm_step
