@@ -51,7 +51,9 @@ def _pairs(items: list[str], flag: str) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="refdiff check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="refdiff check", epilog="exit status: 0 all checks pass, 1 a disagreement, 2 bad arguments",
+        description="Property-test diffusers' DDPM/DDIM schedulers or your own function against refdiff.")
     p.add_argument("target", help="diffusers:DDIMScheduler, diffusers:DDPMScheduler or module:function")
     p.add_argument("--checks", default=None, help="comma-separated: " + ", ".join(_check_names()))
     p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
