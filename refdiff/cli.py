@@ -9,6 +9,7 @@ import sys
 # subcommand -> (module, one-line help); each module has main(argv) -> int
 COMMANDS = {
     "demo": ("refdiff.demo", "guided sampling on an exact Gaussian-mixture model, with a summary"),
+    "check": ("refdiff.testing.cli", "property-test another implementation (diffusers or yours) against refdiff"),
 }
 
 

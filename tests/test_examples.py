@@ -37,3 +37,17 @@ def test_backend_swap(monkeypatch, capsys):
     out = _run("backend_swap", ["--quick"], monkeypatch, capsys)
     row = [line for line in out.splitlines() if line.startswith("torch cpu float64")][0]
     assert float(row.split()[-1]) < 1e-10
+
+
+def test_audit_sampler(monkeypatch, capsys):
+    out = _run("audit_sampler", ["--quick"], monkeypatch, capsys)
+    tutorial = out.split("== diffusers")[0]
+    assert tutorial.count("FAIL") == 4 and "PASS" not in tutorial  # every planted slip found
+    if "diffusers not installed" not in out:
+        assert "diffusers.DDIMScheduler(timestep_spacing='trailing')" in out
+        assert "PASS  DDIM step" in out and "FAIL  DDPM step" in out
+
+
+def test_mutation_report(monkeypatch, capsys):
+    out = _run("mutation_report", ["--quick"], monkeypatch, capsys)
+    assert "12/12 mutants caught in every seed; 11/11 correct controls pass" in out

@@ -1,0 +1,42 @@
+"""refdiff.testing: a conformance kit that property-tests other implementations against refdiff.
+
+Each ``check_*`` function takes a candidate callable with a small adapter signature (see
+:mod:`refdiff.testing.checks` and :mod:`refdiff.testing.step_checks`), searches inputs with
+Hypothesis, compares with refdiff, and returns a :class:`CheckResult`: ``bool(result)`` is True
+on agreement; ``result.report()`` prints the shrunk counterexample, both outputs, the size of
+the difference and a copy-paste reproduction; ``result.raise_for_failure()`` turns it into a
+test failure. :func:`assert_close` is the comparison itself (values within the per-dtype
+tolerance of :mod:`refdiff.testing.tolerance`, dtype, shape and device).
+
+Searches are deterministic by default (Hypothesis ``derandomize``); pass ``seed=`` for a
+random one. Adapters for diffusers' schedulers live in
+:mod:`refdiff.testing.diffusers_adapters`; planted bugs in :mod:`refdiff.testing.mutants`.
+
+This package is test tooling: it needs ``hypothesis`` and uses NumPy directly.
+
+References
+----------
+See the check modules: DDPM arXiv:2006.11239v2; DDIM arXiv:2010.02502v4; IDDPM
+arXiv:2102.09672v1; CFG arXiv:2207.12598v1; CG arXiv:2105.05233v4; ZSNR arXiv:2305.08891v4.
+"""
+
+from refdiff.testing import strategies
+from refdiff.testing._engine import CheckResult
+from refdiff.testing.checks import (Target, check_cfg, check_classifier_guidance,
+                                    check_posterior, check_q_sample, check_schedule,
+                                    check_timesteps)
+from refdiff.testing.step_checks import (check_ddim_step, check_ddpm_step,
+                                         check_sampling_loop, default_model)
+from refdiff.testing.tolerance import RTOL, ConformanceError, assert_close
+
+CHECKS = {
+    "schedule": check_schedule, "timesteps": check_timesteps, "q_sample": check_q_sample,
+    "posterior": check_posterior, "ddpm": check_ddpm_step, "ddim": check_ddim_step,
+    "cfg": check_cfg, "classifier_guidance": check_classifier_guidance,
+    "loop": check_sampling_loop,
+}
+
+__all__ = ["CHECKS", "RTOL", "CheckResult", "ConformanceError", "Target", "assert_close",
+           "check_cfg", "check_classifier_guidance", "check_ddim_step", "check_ddpm_step",
+           "check_posterior", "check_q_sample", "check_sampling_loop", "check_schedule",
+           "check_timesteps", "default_model", "strategies"]

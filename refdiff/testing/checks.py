@@ -1,0 +1,263 @@
+"""Conformance checks for schedules, timesteps, q_sample, the posterior, CFG and classifier
+guidance. Each takes a candidate callable with a small adapter signature, searches with
+Hypothesis against refdiff, and returns a :class:`~refdiff.testing.CheckResult`.
+
+Adapter signatures (t, t_prev are training timesteps; t_prev = −1 means "after the last one"):
+
+========================  ================================================================
+check                      candidate
+========================  ================================================================
+check_schedule             ``candidate(kind, T, **params) -> alphas_cumprod`` (T,)
+check_timesteps            ``candidate(T, n, spacing) -> sequence of int`` (descending)
+check_q_sample             ``candidate(x0, noise, t) -> x_t``
+check_posterior            ``candidate(x0, x_t, t, t_prev) -> (mean, variance)``
+check_cfg                  ``candidate(eps_uncond, eps_cond, scale) -> eps``
+check_classifier_guidance  ``candidate(eps, grad, t, scale) -> eps``  (CG Algorithm 2)
+========================  ================================================================
+
+The arrays a candidate receives are drawn in float64, rounded to ``dtype`` and moved to
+``backend``/``device``; the reference is refdiff in NumPy float64 on the same rounded values;
+outputs must match within the tolerance of :mod:`refdiff.testing.tolerance`, with the right
+dtype, shape and device. The schedule the candidate uses is passed as ``schedule`` (a
+:class:`~refdiff.testing.strategies.ScheduleSpec` or a :class:`refdiff.Schedule`).
+
+References
+----------
+DDPM arXiv:2006.11239v2 Eq. 4 and Eqs. 6–7; IDDPM arXiv:2102.09672v1 Eq. 17;
+ZSNR arXiv:2305.08891v4 Algorithm 1, Table 2; CFG arXiv:2207.12598v1 Eq. 6;
+CG arXiv:2105.05233v4 Algorithm 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from hypothesis import strategies as st
+
+import refdiff as rd
+from refdiff.testing import references as R
+from refdiff.testing import strategies as S
+from refdiff.testing._engine import CheckResult, disagree, literal, run
+from refdiff.testing.tolerance import (RTOL, ConformanceError, assert_close, difference,
+                                       from_numpy, to_numpy)
+
+DEFAULT_SCHEDULE = S.ScheduleSpec("linear", 1000)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the candidate's inputs live: ``backend`` ("numpy", "torch", "array_api_strict"),
+    ``dtype`` and ``device``."""
+
+    backend: str = "numpy"
+    dtype: str = "float64"
+    device: str = "cpu"
+
+    def put(self, a: np.ndarray):
+        return from_numpy(a, self.backend, self.dtype, self.device)
+
+    def rounded(self, a: np.ndarray) -> np.ndarray:
+        return to_numpy(self.put(a))
+
+
+def resolve_schedule(schedule: Any) -> tuple[rd.Schedule, str]:
+    """(refdiff Schedule, source text for reproductions) from a spec or a Schedule."""
+    schedule = DEFAULT_SCHEDULE if schedule is None else schedule
+    if isinstance(schedule, S.ScheduleSpec):
+        return schedule.build(), repr(schedule)
+    return schedule, (f"rd.Schedule.from_betas(your_betas)  # T = {schedule.num_timesteps}")
+
+
+def compare(actual: Any, expected: Any, *, dtype: str, device: str = "cpu", inputs=(),
+            rtol=None, scale=None, what: str = "output") -> None:
+    """:func:`assert_close`, re-raised with both outputs and the difference attached."""
+    try:
+        assert_close(actual, expected, dtype=dtype, device=device, inputs=inputs, rtol=rtol,
+                     scale=scale)
+    except ConformanceError as exc:
+        max_abs, max_rel = (difference(actual, expected) if hasattr(actual, "shape")
+                            else (float("inf"),) * 2)
+        raise disagree(f"{what}: {exc}", actual, expected, max_abs, max_rel) from None
+
+
+def snippet(ref_call: str, cand_call: str, example: dict, schedule_src: str | None = None) -> str:
+    """A copy-paste reproduction: the example's values, refdiff's call and the candidate's."""
+    lines = ["import numpy as np", "import refdiff as rd",
+             "from refdiff.testing import references as R, assert_close"]
+    if schedule_src:
+        lines.append(f"schedule = {schedule_src}")
+    lines += [f"{k} = {literal(v)}" for k, v in example.items()]
+    lines += [f"expected = {ref_call}", f"actual = {cand_call}  # your adapter",
+              "assert_close(actual, expected)  # with dtype=/device= of your run"]
+    return "\n".join(lines)
+
+
+def check_schedule(candidate: Callable, *, kinds=S.SCHEDULE_KINDS, min_T: int = 2,
+                   max_T: int = 1000, dtype: str = "float64", max_examples: int = 50,
+                   seed: int | None = None) -> CheckResult:
+    """ᾱ tables of every ``kind`` with random T and β range, against refdiff's float64 tables.
+
+    ``dtype`` is the precision the candidate claims for its table (float64 by default: a
+    float32 table then fails on dtype and by ~1e-8 in value).
+    """
+    def trial(spec):
+        actual = candidate(spec.kind, spec.T, **spec.params)
+        compare(actual, R.schedule_table(spec), dtype=dtype, scale=1.0, what="alphas_cumprod")
+
+    def reproduce(named):
+        spec = named["spec"]
+        return snippet("np.asarray(schedule.alphas_cumprod)",
+                       f"candidate({spec.kind!r}, {spec.T}, **{spec.params!r})", {}, repr(spec))
+
+    return run("schedule tables", S.schedules(kinds, min_T, max_T), trial,
+               describe=lambda spec: {"spec": spec}, reproduce=reproduce,
+               max_examples=max_examples, seed=seed)
+
+
+def check_timesteps(candidate: Callable, *, T: int | None = None, max_T: int = 1000,
+                    spacings=rd.SPACINGS, max_examples: int = 200,
+                    seed: int | None = None) -> CheckResult:
+    """Inference timesteps of every spacing, exactly equal to refdiff's list (ints)."""
+    Ts = st.just(T) if T else st.one_of(st.just(max_T), st.integers(1, max_T))
+    strategy = Ts.flatmap(lambda T_: st.tuples(st.just(T_), S.timestep_lists(T_, spacings)))
+
+    def trial(ex):
+        T_, (n, spacing, expected) = ex
+        actual = [int(t) for t in candidate(T_, n, spacing)]
+        if actual != expected:
+            diff = [i for i, (a, b) in enumerate(zip(actual, expected)) if a != b]
+            where = (f"length {len(actual)} != {n}" if len(actual) != n
+                     else f"{len(diff)} element(s) differ, first at index {diff[0]}")
+            err = (float(max(abs(a - b) for a, b in zip(actual, expected)))
+                   if len(actual) == n else float("inf"))
+            raise disagree(f"timesteps: {where}", actual, expected, err, err)
+
+    def describe(ex):
+        T_, (n, spacing, _) = ex
+        return {"T": T_, "n": n, "spacing": spacing}
+
+    def reproduce(d):
+        return snippet("R.timesteps(T, n, spacing)", "list(candidate(T, n, spacing))", d)
+
+    return run("inference timesteps", strategy, trial, describe=describe, reproduce=reproduce,
+               max_examples=max_examples, seed=seed)
+
+
+def _arrays(k: int, bound: float = 3.0):
+    """``k`` float64 arrays of one small random shape."""
+    return S.shapes().flatmap(lambda sh: st.tuples(*[S.arrays(sh, bound=bound)] * k))
+
+
+def check_q_sample(candidate: Callable, *, schedule=None, target: Target = Target(),
+                   max_examples: int = 100, seed: int | None = None) -> CheckResult:
+    """x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε at random t of ``schedule`` (DDPM Eq. 4)."""
+    sched, src = resolve_schedule(schedule)
+    strategy = st.tuples(_arrays(2), st.integers(0, sched.num_timesteps - 1))
+
+    def trial(ex):
+        (x0, noise), t = ex
+        x0, noise = target.rounded(x0), target.rounded(noise)
+        actual = candidate(target.put(x0), target.put(noise), t)
+        compare(actual, R.q_sample(sched, x0, noise, t), dtype=target.dtype,
+                device=target.device, inputs=(x0, noise), what="x_t")
+
+    def describe(ex):
+        (x0, noise), t = ex
+        return {"x0": x0, "noise": noise, "t": t}
+
+    def reproduce(d):
+        return snippet("R.q_sample(schedule, x0, noise, t)", "candidate(x0, noise, t)", d, src)
+
+    return run("q_sample", strategy, trial, describe=describe, reproduce=reproduce, max_examples=max_examples,
+               seed=seed)
+
+
+def check_posterior(candidate: Callable, *, schedule=None, spacings=rd.SPACINGS,
+                    final_alpha_bar: str = "one", target: Target = Target(),
+                    max_examples: int = 100, seed: int | None = None) -> CheckResult:
+    """Mean and variance of q(x_prev | x_t, x_0) between consecutive listed timesteps."""
+    sched, src = resolve_schedule(schedule)
+    strategy = st.tuples(_arrays(2), S.timestep_pairs(sched.num_timesteps, spacings))
+
+    def trial(ex):
+        (x0, x_t), (_, _, t, t_prev) = ex
+        x0, x_t = target.rounded(x0), target.rounded(x_t)
+        mean, var = candidate(target.put(x0), target.put(x_t), t, t_prev)
+        e_mean, e_var = R.posterior(sched, x0, x_t, t, t_prev, final_alpha_bar=final_alpha_bar)
+        compare(mean, e_mean, dtype=target.dtype, device=target.device, inputs=(x0, x_t),
+                what="posterior mean")
+        var = np.broadcast_to(to_numpy(var), x_t.shape)
+        compare(var, e_var, dtype="float64", rtol=RTOL[target.dtype], what="posterior variance")
+
+    def describe(ex):
+        (x0, x_t), (n, spacing, t, t_prev) = ex
+        return {"x0": x0, "x_t": x_t, "t": t, "t_prev": t_prev, "n": n, "spacing": spacing}
+
+    def reproduce(d):
+        return snippet(f"R.posterior(schedule, x0, x_t, t, t_prev, "
+                       f"final_alpha_bar={final_alpha_bar!r})",
+                       "candidate(x0, x_t, t, t_prev)", d, src)
+
+    return run("posterior", strategy, trial, describe=describe, reproduce=reproduce,
+               max_examples=max_examples, seed=seed)
+
+
+def check_cfg(candidate: Callable, *, target: Target = Target(), exact_ends: bool = False,
+              max_examples: int = 100, seed: int | None = None) -> CheckResult:
+    """ε̃ = ε_u + s·(ε_c − ε_u) for any scale s (s = 1 + w of the paper).
+
+    ``exact_ends=True`` also demands ε_u at s = 0 and ε_c at s = 1 bit for bit (refdiff's
+    promise; the plain formula ε_u + 1·(ε_c − ε_u) can miss ε_c by an ulp).
+    """
+    strategy = st.tuples(_arrays(2, bound=4.0), S.guidance_scales())
+
+    def trial(ex):
+        (eu, ec), s = ex
+        eu, ec = target.rounded(eu), target.rounded(ec)
+        actual = candidate(target.put(eu), target.put(ec), s)
+        compare(actual, R.cfg(eu, ec, s), dtype=target.dtype, device=target.device,
+                inputs=(eu, ec), scale=max(1.0, abs(s)) * max(1.0, *np.abs([eu, ec]).ravel()),
+                what="guided eps")
+        if exact_ends and s in (0.0, 1.0):
+            compare(actual, eu if s == 0 else ec, dtype=target.dtype, device=target.device,
+                    rtol=0.0, scale=1.0, what=f"guided eps at s = {s:g} (must be exact)")
+
+    def describe(ex):
+        (eu, ec), s = ex
+        return {"eps_uncond": eu, "eps_cond": ec, "scale": s}
+
+    def reproduce(d):
+        return snippet("R.cfg(eps_uncond, eps_cond, scale)",
+                       "candidate(eps_uncond, eps_cond, scale)", d)
+
+    return run("classifier-free guidance", strategy, trial, describe=describe, reproduce=reproduce,
+               max_examples=max_examples, seed=seed)
+
+
+def check_classifier_guidance(candidate: Callable, *, schedule=None, target: Target = Target(),
+                              max_examples: int = 100, seed: int | None = None) -> CheckResult:
+    """ε̂' = ε̂ − s·√(1−ᾱ_t)·∇ log p(y | x_t) at random t and scale (CG Algorithm 2)."""
+    sched, src = resolve_schedule(schedule)
+    strategy = st.tuples(_arrays(2), st.integers(0, sched.num_timesteps - 1),
+                         S.guidance_scales(0.0, 20.0))
+
+    def trial(ex):
+        (eps, grad), t, s = ex
+        eps, grad = target.rounded(eps), target.rounded(grad)
+        actual = candidate(target.put(eps), target.put(grad), t, s)
+        compare(actual, R.classifier_guided_eps(sched, eps, grad, t, s), dtype=target.dtype,
+                device=target.device, inputs=(eps, grad), scale=max(1.0, abs(s)) * 3.0,
+                what="guided eps")
+
+    def describe(ex):
+        (eps, grad), t, s = ex
+        return {"eps": eps, "grad": grad, "t": t, "scale": s}
+
+    def reproduce(d):
+        return snippet("R.classifier_guided_eps(schedule, eps, grad, t, scale)",
+                       "candidate(eps, grad, t, scale)", d, src)
+
+    return run("classifier guidance", strategy, trial, describe=describe, reproduce=reproduce,
+               max_examples=max_examples, seed=seed)

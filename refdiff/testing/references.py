@@ -1,0 +1,103 @@
+"""refdiff's reference values, one function per adapter signature of the conformance kit.
+
+Each function takes the refdiff :class:`~refdiff.Schedule` the candidate claims to use, the
+arguments of the adapter signature (training timesteps t, t_prev; t_prev = −1 after the last
+listed timestep) and the convention options, and returns NumPy float64 values computed by
+refdiff's public functions. They are what the checks compare against, and what a
+reproduction snippet calls.
+
+Conventions (CONVENTIONS.md): ᾱ_prev is the ᾱ of the *next listed* timestep, or
+``final_alpha_bar`` after the last one ("one" → 1, "alpha_bar_0" → ᾱ_0); no noise is added on
+the last step; the DDIM variance is η²·β̃; CFG is ε_u + s·(ε_c − ε_u).
+
+References
+----------
+DDPM arXiv:2006.11239v2 Eq. 4, Eqs. 6–7, Algorithm 2; DDIM arXiv:2010.02502v4 Eqs. 12, 16;
+CFG arXiv:2207.12598v1 Eq. 6; CG arXiv:2105.05233v4 Algorithm 2.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import array_api_compat
+import numpy as np
+
+import refdiff as rd
+
+
+def _zeros_like(x):
+    return array_api_compat.array_namespace(x).zeros_like(x)
+
+
+def alpha_bar_prev(schedule: rd.Schedule, t_prev: int, final_alpha_bar: str = "one") -> float:
+    """ᾱ of the level a step goes to: ᾱ_{t_prev}, or the final value when t_prev = −1."""
+    if t_prev >= 0:
+        return schedule.alpha_bar(t_prev)
+    return 1.0 if final_alpha_bar == "one" else schedule.alpha_bar(0)
+
+
+def schedule_table(spec) -> np.ndarray:
+    """ᾱ_t, t = 0 … T−1, float64, for a :class:`~refdiff.testing.strategies.ScheduleSpec`."""
+    return np.asarray(spec.build().alphas_cumprod, dtype=np.float64)
+
+
+def timesteps(T: int, n: int, spacing: str, offset: int = 0) -> list[int]:
+    """The descending training timesteps of :func:`refdiff.inference_timesteps`."""
+    return [int(t) for t in rd.inference_timesteps(T, n, spacing, offset)]
+
+
+def q_sample(schedule: rd.Schedule, x0, noise, t: int):
+    """x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε (DDPM Eq. 4)."""
+    return rd.q_sample(x0, schedule.alpha_bar(t), noise)
+
+
+def posterior(schedule: rd.Schedule, x0, x_t, t: int, t_prev: int, *, final_alpha_bar="one"):
+    """(mean, variance) of q(x_prev | x_t, x_0) on the listed chain (DDPM Eqs. 6–7)."""
+    mean, var = rd.q_posterior(x0, x_t, schedule.alpha_bar(t),
+                               alpha_bar_prev(schedule, t_prev, final_alpha_bar))
+    xp = array_api_compat.array_namespace(x_t)
+    return mean, xp.broadcast_to(xp.asarray(var), x_t.shape)
+
+
+def ddpm_step(schedule: rd.Schedule, x_t, eps, t: int, t_prev: int, *, noise,
+              variance="fixed_small", final_alpha_bar="one", clip_x0=None, **_: Any):
+    """One DDPM step (DDPM Algorithm 2 on the listed chain); no noise when t_prev = −1."""
+    noise = _zeros_like(x_t) if t_prev < 0 else noise
+    return rd.ddpm_step(x_t, eps, schedule.alpha_bar(t),
+                        alpha_bar_prev(schedule, t_prev, final_alpha_bar), noise,
+                        variance=variance, clip_x0=clip_x0)
+
+
+def ddim_step(schedule: rd.Schedule, x_t, eps, t: int, t_prev: int, *, eta=0.0, noise=None,
+              final_alpha_bar="one", clip_x0=None, rederive_eps=True, **_: Any):
+    """One DDIM step (DDIM Eq. 12, σ from Eq. 16, variance η²·β̃); no noise when t_prev = −1."""
+    noise = _zeros_like(x_t) if (t_prev < 0 or noise is None) else noise
+    return rd.ddim_step(x_t, eps, schedule.alpha_bar(t),
+                        alpha_bar_prev(schedule, t_prev, final_alpha_bar), eta=eta,
+                        noise=noise, clip_x0=clip_x0, rederive_eps=rederive_eps)
+
+
+def cfg(eps_uncond, eps_cond, scale: float):
+    """ε̃ = ε_u + s·(ε_c − ε_u) (CFG Eq. 6 with s = 1 + w)."""
+    return rd.cfg(eps_uncond, eps_cond, scale)
+
+
+def classifier_guided_eps(schedule: rd.Schedule, eps, grad, t: int, scale: float):
+    """ε̂' = ε̂ − s·√(1−ᾱ_t)·∇ log p(y | x_t) (CG Algorithm 2)."""
+    return rd.classifier_guided_eps(eps, grad, schedule.alpha_bar(t), scale)
+
+
+def sample(schedule: rd.Schedule, model: Callable, x_T, timesteps: Sequence[int],
+           noises: Sequence[Any], *, sampler="ddim", **conventions: Any):
+    """A whole sampling loop over ``timesteps`` with the given per-step ``noises``.
+
+    Step i uses ``noises[i]``, except the last step, which adds no noise; the model is called
+    as ``model(x_t, t)`` and returns ε. Options as in :func:`ddim_step`/:func:`ddpm_step`.
+    """
+    x, ts = x_T, list(timesteps)
+    step = ddim_step if sampler == "ddim" else ddpm_step
+    for i, t in enumerate(ts):
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        x = step(schedule, x, model(x, t), t, t_prev, noise=noises[i], **conventions)
+    return x

@@ -1,0 +1,95 @@
+"""The kit on diffusers' DDPMScheduler and DDIMScheduler: what it finds, with configurations.
+
+Each finding is asserted as a failure of a public check on a stated configuration (and,
+where the claim is a specific number, checked directly). The default configurations pass the
+step and loop checks: the adapters are not what fails."""
+
+import numpy as np
+import pytest
+
+diffusers = pytest.importorskip("diffusers")
+torch = pytest.importorskip("torch")
+
+import refdiff as rd  # noqa: E402
+from refdiff.testing import check_schedule, references as R  # noqa: E402
+from refdiff.testing.diffusers_adapters import DiffusersScheduler, run_checks  # noqa: E402
+from refdiff.testing.tolerance import to_numpy  # noqa: E402
+
+
+def results(name, checks, **config):
+    return {r.name: r for r in run_checks(DiffusersScheduler(name, **config), checks)}
+
+
+@pytest.mark.parametrize("table", ["float64", "native"])
+@pytest.mark.parametrize("name", ["DDIMScheduler", "DDPMScheduler"])
+def test_default_configurations_pass_step_and_loop(name, table):
+    """On refdiff's float64 table at 1e-12, and on diffusers' own float32 table at 2e-6."""
+    check = "ddim" if name == "DDIMScheduler" else "ddpm"
+    adapter = DiffusersScheduler(name, table=table)
+    for result in run_checks(adapter, [check, "loop"], max_examples=60 if table == "native" else None):
+        assert result.passed, result.report()
+
+
+def test_tables_are_float32():
+    result = check_schedule(DiffusersScheduler().schedule_table, kinds=("linear", "cosine"))
+    assert not result.passed and "got float32, expected float64" in result.message
+    assert 1e-9 < result.max_abs < 1e-6  # float32 rounding, not a formula difference
+    ok = check_schedule(DiffusersScheduler().schedule_table, kinds=("linear", "scaled_linear", "cosine"),
+                        dtype="float32", max_examples=20)
+    assert ok.passed, ok.report()  # the values agree at the float32 tolerance
+
+
+def test_trailing_timesteps_differ():
+    result = results("DDIMScheduler", ["timesteps"])["inference timesteps"]
+    assert not result.passed and result.counterexample["spacing"] == "trailing"
+    longer, ties = [], []
+    for n in range(1, 1001):
+        ts = DiffusersScheduler().timesteps(1000, n, "trailing")
+        (longer if len(ts) != n else ties if ts != R.timesteps(1000, n, "trailing") else []).append(n)
+    assert len(longer) == 62 and longer[0] == 61 and len(ties) == 49
+    assert DiffusersScheduler().timesteps(1000, 61, "trailing")[-1] == -1
+
+
+@pytest.mark.parametrize("config", [{"timestep_spacing": "trailing"},
+                                    {"timestep_spacing": "linspace"}, {"steps_offset": 1}])
+def test_ddim_previous_timestep_by_stride(config):
+    result = results("DDIMScheduler", ["ddim"], **config)["DDIM step"]
+    assert not result.passed, config
+    ce = result.counterexample  # shrunk to a step where t - T//n misses the listed level
+    assert max(ce["t"] - 1000 // ce["n"], -1) != ce["t_prev"]
+
+
+def _prev_level(T, n, t, **config):
+    """The ᾱ_prev diffusers' DDIM step uses at t: found from x_prev with x̂_0 = 0, ε = 1."""
+    a = DiffusersScheduler("DDIMScheduler", num_train_timesteps=T, clip_sample=False, **config)
+    one = torch.ones(1, dtype=torch.float64)
+    ab_t = a.schedule_spec().build().alpha_bar(t)
+    x_prev = a.ddim_step(np.sqrt(1 - ab_t) * one, one, t, -1, eta=0.0, noise=0 * one,
+                         num_inference_steps=n)
+    return 1 - float(x_prev[0]) ** 2  # x_prev = √(1 − ᾱ_prev)·ε
+
+
+@pytest.mark.parametrize("T,n,t,diffusers_prev", [(5, 2, 4, 2), (1000, 3, 666, 333),
+                                                  (1000, 7, 142, 0)])
+def test_ddim_trailing_examples(T, n, t, diffusers_prev):
+    """refdiff goes to the next listed timestep (1, 332, and alpha_bar = 1 after the last);
+    diffusers' DDIM goes to t - T//n."""
+    ts = R.timesteps(T, n, "trailing")
+    i = ts.index(t)
+    refdiff_prev = ts[i + 1] if i + 1 < n else -1
+    assert refdiff_prev != diffusers_prev and refdiff_prev in (1, 332, -1)
+    got = _prev_level(T, n, t, timestep_spacing="trailing")
+    assert got == pytest.approx(rd.linear_schedule(T).alpha_bar(diffusers_prev), abs=1e-12)
+
+
+def test_ddpm_adds_noise_on_a_last_step_with_t_above_zero():
+    for result in results("DDPMScheduler", ["ddpm", "loop"], timestep_spacing="trailing",
+                          variance_type="fixed_large").values():
+        assert not result.passed
+        ce = result.counterexample
+        assert ce.get("t_prev", -1) == -1
+
+
+def test_ddpm_fixed_large_log_gives_nan():
+    result = results("DDPMScheduler", ["ddpm"], variance_type="fixed_large_log")["DDPM step"]
+    assert not result.passed and np.isnan(to_numpy(result.actual)).any()

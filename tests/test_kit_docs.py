@@ -1,0 +1,37 @@
+"""docs/testing.md: its ten-line pytest example runs as written and can fail; its claims
+about the tolerance table match the code."""
+
+import pathlib
+import re
+
+import pytest
+
+from refdiff.testing import RTOL, ConformanceError
+
+DOC = (pathlib.Path(__file__).parents[1] / "docs" / "testing.md").read_text()
+EXAMPLE = re.findall(r"```python\n(.*?)```", DOC, flags=re.S)[0]
+
+
+def _run(code):
+    namespace = {}
+    exec(compile(code, "docs/testing.md example", "exec"), namespace)
+    namespace["test_my_ddim_step"]()
+
+
+def test_the_ten_line_example_passes():
+    assert "def test_my_ddim_step" in EXAMPLE and len(EXAMPLE.strip().splitlines()) <= 16
+    _run(EXAMPLE)
+
+
+@pytest.mark.parametrize("slip", [("eta**2", "eta"), ("else 1.0", "else AB[0]")])
+def test_the_ten_line_example_fails_on_a_slip(slip):
+    code = EXAMPLE.replace(*slip)
+    assert code != EXAMPLE
+    with pytest.raises(ConformanceError, match="DDIM step"):
+        _run(code)
+
+
+def test_tolerance_table_matches_rtol():
+    written = {"float64": "1e-12", "float32": "2e-6", "float16": "4e-3", "bfloat16": "3e-2"}
+    for dtype, rtol in RTOL.items():
+        assert float(written[dtype]) == rtol and f"| {dtype} | {written[dtype]} |" in DOC
