@@ -1,6 +1,7 @@
 """``refdiff check``: a report per check, exit 0 on agreement, 1 on a disagreement, 2 on bad
 arguments (one line, no traceback)."""
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -52,6 +53,17 @@ def test_user_function_with_a_bug_fails(tmp_path, monkeypatch, capsys):
     assert "expected = R.ddim_step(schedule" in out and "0 passed, 1 failed" in out
     assert main(["check", "my_sampler:ddim_step", "--checks", "ddim", "--option", "eta=1.0",
                  "--max-examples", "30"]) == 0  # at eta = 0 or 1 the bug is invisible
+
+
+def test_module_in_the_current_directory_loads(tmp_path):
+    """The console script, like ``python -m``, finds a module of the directory it runs in."""
+    (tmp_path / "my_sampler.py").write_text(BUGGY)
+    exe = shutil.which("refdiff")
+    if exe is None:
+        pytest.skip("the refdiff console script is not installed")
+    proc = subprocess.run([exe, "check", "my_sampler:ddim_step", "--checks", "ddim",
+                           "--max-examples", "40"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1 and "FAIL  DDIM step" in proc.stdout, proc.stderr
 
 
 def test_diffusers_trailing_fails_and_default_passes(capsys):

@@ -35,3 +35,9 @@ def test_tolerance_table_matches_rtol():
     written = {"float64": "1e-12", "float32": "2e-6", "float16": "4e-3", "bfloat16": "3e-2"}
     for dtype, rtol in RTOL.items():
         assert float(written[dtype]) == rtol and f"| {dtype} | {written[dtype]} |" in DOC
+
+
+def test_readme_shows_the_same_example():
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Testing your implementation against refdiff", 1)[1]
+    assert re.findall(r"```python\n(.*?)```", section, flags=re.S)[0] == EXAMPLE

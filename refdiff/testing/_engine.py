@@ -57,7 +57,8 @@ class CheckResult:
         """A readable multi-line report: PASS/FAIL, the counterexample, outputs, repro."""
         if self.passed:
             return f"PASS  {self.name}  ({self.examples} examples, {self.seconds:.2f} s)"
-        lines = [f"FAIL  {self.name}  (first failure after {self.examples_to_fail} examples, "
+        n = self.examples_to_fail
+        lines = [f"FAIL  {self.name}  (first failure after {n} example{'s' * (n != 1)}, "
                  f"{self.time_to_fail:.2f} s; shrunk)",
                  f"  what: {self.message}",
                  f"  max |actual - expected| = {self.max_abs:.3e}   "

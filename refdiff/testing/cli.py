@@ -23,6 +23,8 @@ import ast
 import functools
 import importlib
 import inspect
+import os
+import sys
 from typing import Any
 
 from refdiff.cli import UsageError
@@ -101,6 +103,8 @@ def _load(target: str):
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise UsageError(f"target must be module:function or diffusers:DDIMScheduler, got {target!r}")
+    if os.getcwd() not in sys.path:  # as `python -m` does: modules of the current directory
+        sys.path.insert(0, os.getcwd())
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
