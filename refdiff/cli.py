@@ -9,6 +9,8 @@ import sys
 # subcommand -> (module, one-line help); each module has main(argv) -> int
 COMMANDS = {
     "demo": ("refdiff.demo", "guided sampling on an exact Gaussian-mixture model, with a summary"),
+    "bench": ("refdiff.bench.cli", "benchmarks: speed against hand-written code, diffusers and "
+              "the memory floor; writes BENCHMARKS.md"),
 }
 
 
