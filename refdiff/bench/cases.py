@@ -141,7 +141,8 @@ def diffusers_cases(cell: Cell) -> dict[str, Callable[[], Any]]:
         return {}
     from diffusers import DDIMScheduler, DDPMScheduler
 
-    kw = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    kw = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+              clip_sample=False)  # refdiff does not clip unless asked
     ddim, ddpm = DDIMScheduler(**kw), DDPMScheduler(**kw)
     ddim.set_timesteps(STEPS)
     ddpm.set_timesteps(STEPS)

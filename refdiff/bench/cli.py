@@ -213,8 +213,13 @@ def _compile_rows(cell, ops: list[dict]) -> list[dict]:
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line, exit 2, via UsageError
+        raise UsageError(f"{message}; see 'refdiff bench --help'")
+
+
 def _parse(argv):
-    p = argparse.ArgumentParser(prog="refdiff bench", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="refdiff bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="one small shape, few rounds, no compilation: a smoke test (seconds)")
     p.add_argument("--out", default=None, help="markdown report (default BENCHMARKS.md)")
@@ -231,12 +236,7 @@ def _parse(argv):
     p.add_argument("--no-diffusers", action="store_true", help="skip the diffusers rows")
     p.add_argument("--no-cuda", action="store_true", help="skip CUDA even if present")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    try:
-        return p.parse_args(argv)
-    except SystemExit as exc:  # argparse's own errors: one line, exit 2, via UsageError
-        if exc.code == 0:
-            raise
-        raise UsageError("bad arguments; see 'refdiff bench --help'") from None
+    return p.parse_args(argv)
 
 
 def _shapes(text: str | None):
