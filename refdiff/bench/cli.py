@@ -34,8 +34,9 @@ FULL_SHAPES = [(1, 4, 64, 64), (16, 4, 64, 64), (64, 4, 128, 128)]
 QUICK_SHAPES = [(2, 4, 32, 32)]
 # Per-call numbers before this overhead work (median µs, NumPy float64, (2, 3)),
 # measured with refdiff.bench.overhead on this machine at commit 127e2ab.
-OVERHEAD_BEFORE = {"cfg": 8.1, "q_sample": 8.5, "ddim_step": 13.9, "ddpm_step": 31.3,
-                   "ddim_inversion_step": 12.2, "q_posterior": 14.4}
+OVERHEAD_BEFORE = {"cfg": 8.1, "q_sample": 8.5, "predict_x0_eps": 9.1, "q_posterior": 14.4,
+                   "ddim_step": 13.9, "ddpm_step": 31.3, "ddpm_mean_variance": 19.2,
+                   "ddim_inversion_step": 12.2}
 
 
 def _cpu_model() -> str:
