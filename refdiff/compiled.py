@@ -34,6 +34,7 @@ The math is that of :mod:`refdiff.classifier_free` (CFG, arXiv:2207.12598v1, Eq.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import refdiff as rd
@@ -82,7 +83,13 @@ class _Lazy:
                 raise TypeError(f"refdiff.compiled.{self.__name__} takes torch tensors, got "
                                 f"{type(a).__module__}.{type(a).__name__}; use the eager "
                                 f"refdiff.{self.__name__.split('.')[-1]} for other libraries")
-        return self.compiled(*args, **kwargs)
+        with warnings.catch_warnings():
+            # TorchDynamo warns that it traces through array-api-compat's lru_cache'd type
+            # tests instead of using the cache; they are pure functions of a type, so the
+            # traced result is the cached one.
+            warnings.filterwarnings("ignore", message="Dynamo detected a call to a "
+                                    "`functools.lru_cache`", category=UserWarning)
+            return self.compiled(*args, **kwargs)
 
     def __repr__(self) -> str:
         state = "compiled" if self._compiled is not None else "not yet compiled"
