@@ -99,6 +99,28 @@ def _targets(cuda: bool) -> list[tuple[str, str, str]]:
     return t
 
 
+def stable_allocator() -> bool:
+    """Ask glibc to keep freed blocks on the heap instead of returning them to the system.
+
+    By default glibc serves large blocks (the 0.1–64 MiB arrays here) with mmap and unmaps
+    them on free, so each new temporary page-faults its pages in again, and whether it does
+    depends on glibc's adaptive threshold, i.e. on the allocation history of the process:
+    the same expression measured 3–5× apart in two positions of one run. Raising the mmap
+    and trim thresholds (``mallopt``) makes every implementation reuse warm heap memory, as
+    a long-running sampler does. Process-wide, memory behaviour only; called by the
+    ``refdiff bench`` command, not by :func:`run`. Returns False where glibc is absent.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(
+            libc.mallopt(m_trim_threshold, 2 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def _log(msg: str, quiet: bool) -> None:
     if not quiet:
         print(msg, file=sys.stderr, flush=True)
@@ -106,12 +128,34 @@ def _log(msg: str, quiet: bool) -> None:
 
 def run(*, quick: bool = False, shapes=None, compile: bool | None = None,
         use_diffusers: bool = True, cuda: bool = True, rounds: int | None = None,
-        command: str = "refdiff.bench.run()", quiet: bool = True) -> dict:
+        command: str = "refdiff.bench.run()", quiet: bool = True,
+        torch_threads: int | None = 1) -> dict:
     """Run every benchmark and return the raw results (JSON-ready), with target verdicts.
 
     ``quick`` uses one small shape, few rounds, a 64 MiB bandwidth probe, no compilation
     (unless ``compile=True``) and short scaling sweeps: seconds, for CI.
+
+    ``torch_threads`` sets torch's intra-op threads for the run (restored after): 1 by
+    default, like NumPy's element-wise loops, and because on a small shared machine two
+    OpenMP threads wait on each other whenever another process holds a core (medians of
+    sub-millisecond operations jumped to 24 and 72 ms). None keeps torch's default.
     """
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    previous = torch.get_num_threads() if torch is not None else None
+    if torch is not None and torch_threads:
+        torch.set_num_threads(torch_threads)
+    try:
+        return _run(quick=quick, shapes=shapes, compile=compile, use_diffusers=use_diffusers,
+                    cuda=cuda, rounds=rounds, command=command, quiet=quiet)
+    finally:
+        if torch is not None:
+            torch.set_num_threads(previous)
+
+
+def _run(*, quick, shapes, compile, use_diffusers, cuda, rounds, command, quiet) -> dict:
     t_start = time.perf_counter()
     shapes = [tuple(s) for s in (shapes or (QUICK_SHAPES if quick else FULL_SHAPES))]
     compile = (not quick) if compile is None else compile
@@ -237,6 +281,8 @@ def _parse(argv):
     p.add_argument("--no-diffusers", action="store_true", help="skip the diffusers rows")
     p.add_argument("--no-cuda", action="store_true", help="skip CUDA even if present")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="torch intra-op threads during the run (default 1; 0 = torch's default)")
     return p.parse_args(argv)
 
 
@@ -275,11 +321,15 @@ def main(argv=None) -> int:
     shapes = _shapes(args.shapes)
     if args.rounds is not None and not 3 <= args.rounds <= 1000:
         raise UsageError(f"--rounds must lie in 3..1000, got {args.rounds}")
+    if args.torch_threads < 0:
+        raise UsageError(f"--torch-threads must be >= 0, got {args.torch_threads}")
     out, json_p, plot_p = _paths(args)
     command = " ".join(["refdiff", "bench", *argv])
+    heap = stable_allocator()
     res = run(quick=args.quick, shapes=shapes, compile=args.compile,
               use_diffusers=not args.no_diffusers, cuda=not args.no_cuda, rounds=args.rounds,
-              command=command, quiet=args.quiet)
+              command=command, quiet=args.quiet, torch_threads=args.torch_threads or None)
+    res["stable_allocator"] = heap
     written = scaling_plot(res["scaling"], str(plot_p))
     res["plot"] = str(plot_p) if written else None
     try:

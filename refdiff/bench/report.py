@@ -135,6 +135,11 @@ def markdown(res: dict) -> str:
          "median time per call over the rounds, spread = interquartile range / median. "
          "The machine is shared and small (other processes were running): single "
          "numbers can move by 10–20%; compare within a table, not across runs.",
+         f"- Settings: torch intra-op threads = {m.get('torch_threads', '—')} (NumPy's "
+         "element-wise loops are single-threaded too); glibc told to keep freed arrays on "
+         "the heap (`mallopt`; otherwise each large temporary is mmap'd and page-faulted "
+         "anew, and timings depend on allocation history): "
+         f"{'yes' if res.get('stable_allocator') else 'no'}.",
          "- Floor = bytes that must be read and written once ÷ this machine's measured copy "
          "bandwidth; GB/s = those bytes ÷ the measured time (an effective rate).", ""]
     if not res["cuda"]:
