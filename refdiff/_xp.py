@@ -36,11 +36,19 @@ _SCALAR_TYPES = frozenset({int, float, complex, bool, type(None), str})
 _IS_ARRAY: dict[type, bool] = {}
 _NAMESPACE: dict[type, Any] = {}
 _REAL_FLOATING: dict[tuple[Any, Any], bool] = {}
+_ROOT: dict[type, str] = {}
+# array-api-compat's device(x) is x.device for these libraries' arrays (it special-cases
+# only NumPy, Dask, JAX and sparse arrays); reading the attribute skips those type tests.
+_ATTRIBUTE_DEVICE = frozenset({"torch", "array_api_strict"})
 
 
 def _root(a: Any) -> str:
     """The top-level package of an array's type: "numpy", "torch", "array_api_strict"."""
-    return type(a).__module__.split(".")[0]
+    t = type(a)
+    root = _ROOT.get(t)
+    if root is None:
+        root = _ROOT[t] = t.__module__.split(".")[0]
+    return root
 
 
 def _library(a: Any) -> str:
@@ -105,12 +113,12 @@ def namespace(**arrays: Any):
             _NAMESPACE[t] = xp
     if one_type and _root(first) == "numpy":
         return xp  # NumPy arrays all live on the host device "cpu": nothing to compare
-    dev = _compat.device(first)
+    dev = device(first)
     for name, a in named[1:]:
-        if _compat.device(a) != dev:
+        if device(a) != dev:
             raise ValueError(
                 f"{first_name} is on device {dev} but {name} is on device "
-                f"{_compat.device(a)}; move them to one device"
+                f"{device(a)}; move them to one device"
             )
     return xp
 
@@ -157,7 +165,7 @@ def on_host(a: Any) -> bool:
     """True when reading values of ``a`` costs no device synchronisation."""
     if _root(a) == "numpy":
         return True
-    dev = _compat.device(a)
+    dev = device(a)
     kind = getattr(dev, "type", None)  # torch.device has .type; others are host or fake
     return kind in (None, "cpu")
 
@@ -239,6 +247,8 @@ def choice(name: str, value: Any, valid: tuple[str, ...]) -> str:
 
 def device(a: Any):
     """The device of an array (array-api-compat's ``device``)."""
+    if _root(a) in _ATTRIBUTE_DEVICE:
+        return a.device
     return _compat.device(a)
 
 
@@ -246,4 +256,4 @@ def as_array_like(xp, value: Any, like: Any):
     """A Python float or an array as an array in the dtype and on the device of ``like``."""
     if is_array(value):
         return xp.astype(value, like.dtype)
-    return xp.asarray(value, dtype=like.dtype, device=_compat.device(like))
+    return xp.asarray(value, dtype=like.dtype, device=device(like))
