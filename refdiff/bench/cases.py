@@ -209,3 +209,48 @@ def compile_times(cell: Cell) -> dict[str, dict]:
         eager = time.perf_counter() - t0
         out[name] = {"first_call_s": first, "compile_s": max(first - eager, 0.0)}
     return out
+
+
+_COLD_SCRIPT = """
+import json, sys, time, warnings
+warnings.simplefilter("ignore")
+t0 = time.perf_counter()
+import torch
+torch.set_num_threads({threads})
+from refdiff.bench import cases as C
+cell = C.Cell("torch", "cpu", "float32", {shape})
+t_import = time.perf_counter() - t0
+t0 = time.perf_counter()
+torch.compile(lambda a: a * 2.0 + 1.0)(torch.ones(8))
+t_start = time.perf_counter() - t0
+print(json.dumps({{"import_s": t_import, "startup_s": t_start, "times": C.compile_times(cell)}}))
+"""
+
+
+def cold_compile_times(shape=(16, 4, 64, 64), threads: int = 1, timeout: float = 300) -> dict:
+    """Compile times in a fresh Python process with an empty Inductor cache directory.
+
+    In a long-lived process (and across runs, through the on-disk cache) Inductor reuses
+    generated kernels, so in-process compile times understate what a new user or a new
+    server process pays; this measures that first, cold compilation. The first function
+    process first compiles a trivial function, so Inductor's start-up is reported apart
+    (``startup_s``). Returns ``{"import_s", "startup_s", "times": {op: {...}}}``
+    or ``{"error": ...}``.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, TRITON_CACHE_DIR=cache)
+        script = _COLD_SCRIPT.format(threads=threads, shape=tuple(shape))
+        try:
+            proc = subprocess.run([sys.executable, "-c", script], env=env, text=True,
+                                  capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout} s"}
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -159,7 +159,7 @@ def _run(*, quick, shapes, compile, use_diffusers, cuda, rounds, command, quiet)
     t_start = time.perf_counter()
     shapes = [tuple(s) for s in (shapes or (QUICK_SHAPES if quick else FULL_SHAPES))]
     compile = (not quick) if compile is None else compile
-    rounds = rounds or (5 if quick else 11)
+    rounds = rounds or (5 if quick else 21)
     res: dict = {"command": command, "quick": quick,
                  "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                  "machine": machine_info(), "shapes": [list(s) for s in shapes]}
@@ -175,6 +175,10 @@ def _run(*, quick, shapes, compile, use_diffusers, cuda, rounds, command, quiet)
     res["bandwidth"], res["bandwidth_mib"] = bw, mib
     if compile:
         compile = _compile_warmup(res)
+    if compile:
+        _log("bench: cold compilation in a fresh process", quiet)
+        res["cold_compile"] = C.cold_compile_times(shapes[min(1, len(shapes) - 1)],
+                                                   threads=res["machine"].get("torch_threads", 1))
     res["ops"], res["compile"] = [], []
     for shape in shapes:
         for lib, dev, dtype in tgts:
@@ -192,7 +196,7 @@ def _run(*, quick, shapes, compile, use_diffusers, cuda, rounds, command, quiet)
                 n_rounds = max(3, rounds // 3) if (loop and big) else rounds
                 stats = measure(cands, rounds=n_rounds, warmup=1 if loop else 2,
                                 min_sample_s=0.0 if loop else (0.002 if quick else 0.01),
-                                sync=cell.sync, budget_s=(2.0 if quick else 12.0))
+                                sync=cell.sync, budget_s=(2.0 if quick else 15.0))
                 floor_bytes = C.ARRAYS_MOVED[op] * cell.nbytes
                 floor_s = floor_bytes / bw[cell.label]
                 hand = stats["hand"].median
@@ -204,7 +208,7 @@ def _run(*, quick, shapes, compile, use_diffusers, cuda, rounds, command, quiet)
                         "x_floor": s.median / floor_s, "gbps": floor_bytes / s.median / 1e9,
                         "vs_hand": s.median / hand})
             if compile and lib == "torch" and dtype == "float32":
-                res["compile"] += _compile_rows(cell, res["ops"])
+                res["compile"] += _compile_rows(cell, res["ops"], res.get("cold_compile", {}))
     _log("bench: per-call overhead on tiny arrays", quiet)
     libs = ("numpy", "torch") if any(lib == "torch" for lib, _, _ in tgts) else ("numpy",)
     res["overhead"] = run_overhead(libs, rounds=3 if quick else 9,
@@ -238,7 +242,7 @@ def _compile_warmup(res: dict) -> bool:
     return True
 
 
-def _compile_rows(cell, ops: list[dict]) -> list[dict]:
+def _compile_rows(cell, ops: list[dict], cold: dict) -> list[dict]:
     import torch
 
     torch._dynamo.reset()  # measure real compilations, not dynamo's cache
@@ -250,10 +254,13 @@ def _compile_rows(cell, ops: list[dict]) -> list[dict]:
             return r[0]["ms"] if r else None
         eager, comp = ms("refdiff"), ms("compiled")
         gain = None if eager is None or comp is None else (eager - comp) / 1e3
+        cold_s = cold.get("times", {}).get(op, {}).get("compile_s")
+        pays = gain is not None and gain > 0
         out.append({"op": op, "shape": list(cell.shape), "backend": cell.label,
                     "compile_s": t["compile_s"], "first_call_s": t["first_call_s"],
-                    "eager_ms": eager, "compiled_ms": comp,
-                    "break_even": t["compile_s"] / gain if gain and gain > 0 else None})
+                    "cold_compile_s": cold_s, "eager_ms": eager, "compiled_ms": comp,
+                    "break_even": t["compile_s"] / gain if pays else None,
+                    "break_even_cold": cold_s / gain if pays and cold_s is not None else None})
     torch._dynamo.reset()
     return out
 

@@ -45,13 +45,28 @@ def targets(res: dict) -> list[dict]:
                         met=None, reason="shape not in this run (--quick)"))
     else:
         pct = (worst["vs_hand"] - 1) * 100
+        per_backend = {}
+        for r in _rows(res, impl="refdiff", shape=TARGET_SHAPE):
+            key = f"{r['backend']} {r['dtype']}"
+            per_backend[key] = max(per_backend.get(key, 0.0), (r["vs_hand"] - 1) * 100)
+        extra_us = (worst["ms"] - worst["ms"] / worst["vs_hand"]) * 1e3
+        per = f"{extra_us / 50:.0f} µs per step" if worst["op"] == "loop50" else \
+            f"{extra_us:.0f} µs per call"
+        biggest = max(res["shapes"], key=lambda sh: sh[0] * sh[-1])
+        big = [abs(r["vs_hand"] - 1) * 100 for r in _rows(res, impl="refdiff", shape=biggest)]
         out.append(dict(
             id="overhead_vs_hand", met=pct <= 10,
             target="refdiff ≤ 10% over the hand-written expression at (16,4,64,64), every backend",
-            value=f"worst {pct:+.0f}% ({worst['op']}, {worst['backend']} {worst['dtype']})",
-            reason=("within noise of the hand-written expression" if pct <= 10 else
-                    "refdiff's two-sided exact lerp in cfg and its cast-late coefficient "
-                    "handling cost extra passes over memory; per-call checks add µs on top")))
+            value=f"worst {pct:+.0f}% ({worst['op']}, {worst['backend']} {worst['dtype']}); "
+                  "worst per backend: " + ", ".join(f"{k} {v:+.0f}%"
+                                                    for k, v in per_backend.items()),
+            reason=("within 10% on every backend" if pct <= 10 else
+                    f"the extra is {per}: refdiff's per-call argument checks (library, "
+                    "device, dtype, shape, ᾱ range; see the tiny-array table), which arrays of "
+                    "1–2 MiB (0.1–0.3 ms per operation) do not hide; the element-wise work is "
+                    "the same"
+                    + (f" (at {_shape(biggest)} every operation is within "
+                       f"{max(big):.0f}% of the hand-written one)" if big else ""))))
     # 2. guided DDIM faster than diffusers at every shape, torch CPU
     cmp = []
     for r in _rows(res, impl="refdiff", op="guided_ddim", backend="torch-cpu"):
@@ -66,15 +81,18 @@ def targets(res: dict) -> list[dict]:
                         reason="diffusers not installed or torch missing"))
     else:
         met = all(x > 1 for _, x in cmp)
+        slow = [f"{_shape(sh)} ({x:.2f}×)" for sh, x in cmp if x <= 1]
         out.append(dict(
             id="faster_than_diffusers", met=met,
             target="refdiff guided DDIM faster than diffusers (DDIMScheduler.step + "
                    "hand-written CFG) at every shape, torch CPU",
-            value=", ".join(f"{_shape(s)}: diffusers/refdiff = {x:.2f}×" for s, x in cmp),
+            value=", ".join(f"{_shape(sh)}: diffusers/refdiff = {x:.2f}×" for sh, x in cmp),
             reason=("refdiff is faster at every shape" if met else
-                    "at large shapes both are memory-bound chains of the same element-wise "
-                    "operations; the difference is within noise or favours diffusers' "
-                    "fewer temporaries")))
+                    f"not faster at {', '.join(slow)}: there both run the same nine "
+                    "element-wise passes over memory (CFG, then DDIM Eq. 12 through x̂_0), so "
+                    "the time is the memory traffic and the two tie within the run's noise; "
+                    "refdiff wins where per-call cost matters (small shapes) and on the DDPM "
+                    "step (see the tables)")))
     # 3/4. compiled guided DDIM vs the memory-traffic floor
     for dev, bound, tid in (("cpu", 1.5, "compiled_floor_cpu"), ("cuda", 1.3, "compiled_floor_gpu")):
         rows = _rows(res, impl="compiled", op="guided_ddim", backend=f"torch-{dev}")
@@ -86,18 +104,21 @@ def targets(res: dict) -> list[dict]:
             out.append(dict(id=tid, target=tgt, value="not measured", met=None, reason=reason))
             continue
         ratios = [(r["shape"], r["x_floor"]) for r in rows]
-        big = max(rows, key=lambda r: r["shape"][0] * r["shape"][-1])
         met = all(x <= bound for _, x in ratios)
+        bad = [r for r in rows if r["x_floor"] > bound]
+        reason = "within the bound at every shape"
+        if bad:
+            reason = "not met at " + ", ".join(
+                f"{_shape(r['shape'])} ({r['ms'] * 1e3:.0f} µs per call against a "
+                f"{r['floor_ms'] * 1e3:.0f} µs floor)" for r in bad) + (
+                ": the fixed cost of a compiled call (TorchDynamo's guard checks and the "
+                "Python call) dominates a floor of a few µs")
+            if len(bad) < len(rows):
+                reason += "; at the larger shapes the fused kernel is at or below the floor " \
+                          "(arrays that fit in the caches beat the DRAM copy rate)"
         out.append(dict(
             id=tid, target=tgt, met=met,
-            value=", ".join(f"{_shape(s)}: {x:.2f}×" for s, x in ratios),
-            reason=("within the bound at every shape" if met else
-                    f"met only where the arrays outgrow the caches "
-                    f"(largest shape: {big['x_floor']:.2f}×); at small shapes the ~10–50 µs "
-                    "fixed cost of a Python call and a compiled-graph dispatch dominates a "
-                    "floor of a few µs, and arrays that fit in cache beat the DRAM copy rate"
-                    if any(x <= bound for _, x in ratios) else
-                    "above the bound at every shape measured")))
+            value=", ".join(f"{_shape(sh)}: {x:.2f}×" for sh, x in ratios), reason=reason))
     # 5. tiny-array per-call overhead of the step functions on NumPy < 20 µs
     steps = [r for r in res.get("overhead", []) if r["library"] == "numpy" and r["step_function"]]
     if steps:
@@ -172,21 +193,32 @@ def markdown(res: dict) -> str:
                      f"{_fmt(r['x_floor'])} | {_fmt(r.get('vs_hand'))} |")
         L.append("")
     L += ["## Compile time and break-even", ""]
+    cold = res.get("cold_compile") or {}
     if res.get("compile"):
-        L += [f"First compilation in a fresh process (Inductor start-up, a trivial function): "
-              f"{res['compile_warmup_s']:.1f} s. Then per function and shape (torch CPU, "
-              "float32); break-even = compile time ÷ (eager − compiled time per call), the "
-              "number of calls after which compiling has paid for itself.", "",
-              "| function | shape | compile s | eager ms | compiled ms | break-even calls |",
-              "| --- | --- | --- | --- | --- | --- |"]
+        if "startup_s" in cold:
+            L += [f"Cold start, measured in a fresh Python process with an empty Inductor "
+                  f"cache: importing torch and refdiff {cold['import_s']:.1f} s, Inductor's "
+                  f"start-up (first compilation of any function) {cold['startup_s']:.1f} s, "
+                  "then each refdiff function as listed under *cold s*. *warm s* is the same "
+                  "compilation in the benchmark process, where Inductor reuses kernels it has "
+                  "built before (what a recompilation for new ᾱ values costs). Break-even = "
+                  "compile time ÷ (eager − compiled time per call): the number of calls after "
+                  "which compiling has paid for itself (torch CPU, float32).", ""]
+        elif cold.get("error"):
+            L += [f"Cold compilation could not be measured: {cold['error']}.", ""]
+        L += ["| function | shape | cold s | warm s | eager ms | compiled ms | "
+              "break-even calls (cold) | (warm) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for c in res["compile"]:
-            be = "never (not faster)" if c["break_even"] is None else f"{c['break_even']:.0f}"
-            L.append(f"| {c['op']} | {_shape(c['shape'])} | {c['compile_s']:.2f} | "
-                     f"{_fmt(c['eager_ms'])} | {_fmt(c['compiled_ms'])} | {be} |")
+            def be(v):
+                return "never (not faster)" if v is None else f"{v:.0f}"
+            L.append(f"| {c['op']} | {_shape(c['shape'])} | {_fmt(c.get('cold_compile_s'))} | "
+                     f"{c['compile_s']:.2f} | {_fmt(c['eager_ms'])} | {_fmt(c['compiled_ms'])} "
+                     f"| {be(c.get('break_even_cold'))} | {be(c['break_even'])} |")
         L += ["", "TorchDynamo specialises Python floats: every new (s, ᾱ_t, ᾱ_prev) compiles "
-              "again, so a 50-step schedule costs 50 compilations once per process (worth it "
-              "for a server that repeats the schedule, not for one run). The 50-step loop "
-              "is therefore timed eager only.", ""]
+              "again (at the *warm* cost), so a 50-step schedule costs 50 compilations once "
+              "per process: worth it for a server that repeats its schedule, not for one "
+              "run. The 50-step loop is therefore timed eager only.", ""]
     else:
         L += ["Not measured in this run (--quick or --no-compile).", ""]
     L += ["## Per-call overhead on tiny arrays (shape (2, 3))", "",
