@@ -91,6 +91,7 @@ def _fake_results(**over):
 def test_report_marks_every_target_met_or_not_with_a_reason():
     res = _fake_results(cold_compile={"import_s": 1.0, "startup_s": 3.0, "times": {}},
                         compile=[dict(op="guided_ddim", shape=[16, 4, 64, 64], compile_s=0.2,
+                                      recompile_s=0.3,
                                       cold_compile_s=0.8, eager_ms=1.0, compiled_ms=0.5,
                                       break_even=400.0, break_even_cold=1600.0)])
     assert [t["id"] for t in res["targets"]] == list(TARGET_IDS)
@@ -104,7 +105,7 @@ def test_report_marks_every_target_met_or_not_with_a_reason():
     for t in res["targets"]:
         assert t["target"] in text and t["reason"]
     assert "not measured (no GPU lent to this task)" in text
-    assert "| guided_ddim | (16,4,64,64) | 0.8 | 0.20 | 1 | 0.5 | 1600 | 400 |" in text
+    assert "| guided_ddim | (16,4,64,64) | 0.8 | 0.20 | 0.3 | 1 | 0.5 | 1600 | 400 |" in text
 
 
 def test_report_says_not_met():

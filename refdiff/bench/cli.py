@@ -258,7 +258,8 @@ def _compile_rows(cell, ops: list[dict], cold: dict) -> list[dict]:
         pays = gain is not None and gain > 0
         out.append({"op": op, "shape": list(cell.shape), "backend": cell.label,
                     "compile_s": t["compile_s"], "first_call_s": t["first_call_s"],
-                    "cold_compile_s": cold_s, "eager_ms": eager, "compiled_ms": comp,
+                    "cold_compile_s": cold_s, "recompile_s": t["recompile_s"],
+                    "eager_ms": eager, "compiled_ms": comp,
                     "break_even": t["compile_s"] / gain if pays else None,
                     "break_even_cold": cold_s / gain if pays and cold_s is not None else None})
     torch._dynamo.reset()

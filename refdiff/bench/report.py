@@ -201,24 +201,29 @@ def markdown(res: dict) -> str:
                   f"start-up (first compilation of any function) {cold['startup_s']:.1f} s, "
                   "then each refdiff function as listed under *cold s*. *warm s* is the same "
                   "compilation in the benchmark process, where Inductor reuses kernels it has "
-                  "built before (what a recompilation for new ᾱ values costs). Break-even = "
+                  "built before; *new ᾱ s* is the recompilation that a new Python-float ᾱ "
+                  "(or s) triggers in that process. Break-even = "
                   "compile time ÷ (eager − compiled time per call): the number of calls after "
                   "which compiling has paid for itself (torch CPU, float32).", ""]
         elif cold.get("error"):
             L += [f"Cold compilation could not be measured: {cold['error']}.", ""]
-        L += ["| function | shape | cold s | warm s | eager ms | compiled ms | "
+        L += ["| function | shape | cold s | warm s | new ᾱ s | eager ms | compiled ms | "
               "break-even calls (cold) | (warm) |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for c in res["compile"]:
             def be(v):
                 return "never (not faster)" if v is None else f"{v:.0f}"
             L.append(f"| {c['op']} | {_shape(c['shape'])} | {_fmt(c.get('cold_compile_s'))} | "
-                     f"{c['compile_s']:.2f} | {_fmt(c['eager_ms'])} | {_fmt(c['compiled_ms'])} "
+                     f"{c['compile_s']:.2f} | {_fmt(c.get('recompile_s'))} | "
+                     f"{_fmt(c['eager_ms'])} | {_fmt(c['compiled_ms'])} "
                      f"| {be(c.get('break_even_cold'))} | {be(c['break_even'])} |")
-        L += ["", "TorchDynamo specialises Python floats: every new (s, ᾱ_t, ᾱ_prev) compiles "
-              "again (at the *warm* cost), so a 50-step schedule costs 50 compilations once "
-              "per process: worth it for a server that repeats its schedule, not for one "
-              "run. The 50-step loop is therefore timed eager only.", ""]
+        L += ["", "TorchDynamo specialises Python floats (refdiff's range checks branch on "
+              "them): every new (s, ᾱ_t, ᾱ_prev) compiles again (*new ᾱ s*), so a 50-step "
+              "schedule costs 50 compilations once per process, and TorchDynamo's "
+              "recompile limit (8 per function by default) sends the later steps back to "
+              "eager. The compiled path pays for a server that repeats one step many times "
+              "at large shapes, not for one sampling run; the 50-step loop is therefore "
+              "timed eager only.", ""]
     else:
         L += ["Not measured in this run (--quick or --no-compile).", ""]
     L += ["## Per-call overhead on tiny arrays (shape (2, 3))", "",
