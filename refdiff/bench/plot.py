@@ -35,11 +35,11 @@ def scaling_plot(scaling: dict, path: str) -> str | None:
     ax[1].set(title="peak memory vs batch", xlabel="batch", ylabel="MiB")
     ax[2].set(title="CFG DDIM loop vs steps", xlabel="steps", ylabel="ms")
     ax[3].set(title="peak memory vs steps", xlabel="steps", ylabel="MiB")
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import FuncFormatter
 
     for a in ax[:2]:
         a.set_xscale("log", base=2)
-        a.xaxis.set_major_formatter(ScalarFormatter())
+        a.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     for a in ax:
         a.grid(alpha=0.3)
         a.legend(fontsize=7)
