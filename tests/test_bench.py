@@ -105,7 +105,7 @@ def test_report_marks_every_target_met_or_not_with_a_reason():
     for t in res["targets"]:
         assert t["target"] in text and t["reason"]
     assert "not measured (no GPU lent to this task)" in text
-    assert "| guided_ddim | (16,4,64,64) | 0.8 | 0.20 | 0.3 | 1 | 0.5 | 1600 | 400 |" in text
+    assert "| guided_ddim | torch-cpu | (16,4,64,64) | 0.8 | 0.20 | 0.3 | 1 | 0.5 | 1600 | 400 |" in text
 
 
 def test_report_says_not_met():

@@ -208,7 +208,8 @@ def _run(*, quick, shapes, compile, use_diffusers, cuda, rounds, command, quiet)
                         "x_floor": s.median / floor_s, "gbps": floor_bytes / s.median / 1e9,
                         "vs_hand": s.median / hand})
             if compile and lib == "torch" and dtype == "float32":
-                res["compile"] += _compile_rows(cell, res["ops"], res.get("cold_compile", {}))
+                cold = res.get("cold_compile", {}) if dev == "cpu" else {}  # measured on CPU
+                res["compile"] += _compile_rows(cell, res["ops"], cold)
     _log("bench: per-call overhead on tiny arrays", quiet)
     libs = ("numpy", "torch") if any(lib == "torch" for lib, _, _ in tgts) else ("numpy",)
     res["overhead"] = run_overhead(libs, rounds=3 if quick else 9,

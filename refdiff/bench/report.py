@@ -219,13 +219,13 @@ def markdown(res: dict) -> str:
                   "which compiling has paid for itself (torch CPU, float32).", ""]
         elif cold.get("error"):
             L += [f"Cold compilation could not be measured: {cold['error']}.", ""]
-        L += ["| function | shape | cold s | warm s | new ᾱ s | eager ms | compiled ms | "
-              "break-even calls (cold) | (warm) |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        L += ["| function | backend | shape | cold s | warm s | new ᾱ s | eager ms | "
+              "compiled ms | break-even calls (cold) | (warm) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for c in res["compile"]:
             def be(v):
                 return "never (not faster)" if v is None else f"{v:.0f}"
-            L.append(f"| {c['op']} | {_shape(c['shape'])} | {_fmt(c.get('cold_compile_s'))} | "
+            L.append(f"| {c['op']} | {c.get('backend', 'torch-cpu')} | {_shape(c['shape'])} | {_fmt(c.get('cold_compile_s'))} | "
                      f"{c['compile_s']:.2f} | {_fmt(c.get('recompile_s'))} | "
                      f"{_fmt(c['eager_ms'])} | {_fmt(c['compiled_ms'])} "
                      f"| {be(c.get('break_even_cold'))} | {be(c['break_even'])} |")
