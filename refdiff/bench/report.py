@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 TARGET_SHAPE = [16, 4, 64, 64]
+NOISE = 0.05  # a ratio within 5% of 1 is a tie on this kind of machine, not a win
 TARGET_IDS = ("overhead_vs_hand", "faster_than_diffusers", "compiled_floor_cpu",
               "compiled_floor_gpu", "tiny_overhead_numpy")
 
@@ -92,15 +93,17 @@ def targets(res: dict) -> list[dict]:
                                "+ hand-written CFG) at every shape, torch CPU",
                         reason="diffusers not installed or torch missing"))
     else:
-        met = all(x > 1 for _, x in cmp)
-        slow = [f"{_shape(sh)} ({x:.2f}×)" for sh, x in cmp if x <= 1]
+        # "faster" must beat the run-to-run noise (medians move by ~5–10% between runs)
+        met = all(x > 1 + NOISE for _, x in cmp)
+        slow = [f"{_shape(sh)} ({x:.2f}×)" for sh, x in cmp if x <= 1 + NOISE]
         out.append(dict(
             id="faster_than_diffusers", met=met,
             target="refdiff guided DDIM faster than diffusers (DDIMScheduler.step + "
                    "hand-written CFG) at every shape, torch CPU",
             value=", ".join(f"{_shape(sh)}: diffusers/refdiff = {x:.2f}×" for sh, x in cmp),
             reason=("refdiff is faster at every shape" if met else
-                    f"not faster at {', '.join(slow)}: there both run the same nine "
+                    f"not faster beyond the {NOISE:.0%} run-to-run noise at "
+                    f"{', '.join(slow)}: there both run the same nine "
                     "element-wise passes over memory (CFG, then DDIM Eq. 12 through x̂_0), so "
                     "the time is the memory traffic and the two tie within the run's noise; "
                     "refdiff wins where per-call cost matters (small shapes) and on the DDPM "
