@@ -40,6 +40,21 @@ def _worst_single(res: dict) -> dict:
     return out
 
 
+_TINY = {"q_sample": ["q_sample"], "cfg": ["cfg"], "guided_ddim": ["cfg", "ddim_step"],
+         "ddpm_step": ["ddpm_step"], "loop50": ["sample (10 DDIM steps, CFG)"]}
+
+
+def _fixed_cost_us(res: dict, row: dict) -> float | None:
+    """Per-call (per step for the loop) cost of the checks, from the tiny-array table."""
+    lib = "numpy" if row["backend"] == "numpy" else "torch"
+    tiny = {r["function"]: r["us"] for r in res.get("overhead", []) if r["library"] == lib}
+    names = _TINY.get(row["op"], [])
+    if not names or any(n not in tiny for n in names):
+        return None
+    total = sum(tiny[n] for n in names)
+    return total / 10 if row["op"] == "loop50" else total
+
+
 def targets(res: dict) -> list[dict]:
     """Each target of the issue with the measured value, met / not met, and the reason."""
     out = []
@@ -65,6 +80,16 @@ def targets(res: dict) -> list[dict]:
             f"{extra_us:.0f} µs per call"
         biggest = max(res["shapes"], key=lambda sh: sh[0] * sh[-1])
         big = [abs(r["vs_hand"] - 1) * 100 for r in _rows(res, impl="refdiff", shape=biggest)]
+        fixed = _fixed_cost_us(res, worst)
+        if fixed is None or extra_us <= 2 * fixed * (50 if worst["op"] == "loop50" else 1):
+            cause = ("refdiff's per-call argument checks (library, device, dtype, shape, ᾱ "
+                     "range; see the tiny-array table), which arrays of 1–2 MiB (0.1–0.3 ms "
+                     "per operation) do not hide; the element-wise work is the same")
+        else:
+            cause = (f"more than the ~{fixed:.0f} µs of argument checks measured on tiny "
+                     f"arrays{' per step' if worst['op'] == 'loop50' else ''}; the element-wise "
+                     "work is the same, so the rest is this machine's run-to-run noise "
+                     f"(spread of this row {worst['spread']:.0%})")
         out.append(dict(
             id="overhead_vs_hand", met=pct <= 10,
             target="refdiff ≤ 10% over the hand-written expression at (16,4,64,64), every backend",
@@ -74,10 +99,7 @@ def targets(res: dict) -> list[dict]:
                   + "; single operations only (no loop): " + ", ".join(
                       f"{k} {v:+.0f}%" for k, v in _worst_single(res).items()),
             reason=("within 10% on every backend" if pct <= 10 else
-                    f"the extra is {per}: refdiff's per-call argument checks (library, "
-                    "device, dtype, shape, ᾱ range; see the tiny-array table), which arrays of "
-                    "1–2 MiB (0.1–0.3 ms per operation) do not hide; the element-wise work is "
-                    "the same"
+                    f"the extra is {per}: {cause}"
                     + (f" (at {_shape(biggest)} every operation is within "
                        f"{max(big):.0f}% of the hand-written one)" if big else ""))))
     # 2. guided DDIM faster than diffusers at every shape, torch CPU
