@@ -23,10 +23,32 @@ import array_api_compat as _compat
 
 Scalar = Any  # Python float, 0-d array or (B,) array
 
+# Memoised facts about types, never about values: whether array-api-compat recognises an
+# array type, the namespace of an array type of a known library, whether a dtype is real
+# floating, and that NumPy arrays always live on the host. Each cache maps an immutable key
+# to exactly what the uncached code computes for it (filled on first use, never switched
+# off or reset), so results, checks and error messages are unchanged; only the repeated
+# look-ups go (they were most of the per-call cost on small arrays). Only the libraries
+# below are cached: their answer depends on the type alone. Other array types (third-party
+# namespaces, JAX's value-dependent float0 check) take the uncached path every call.
+_CACHED_ROOTS = frozenset({"numpy", "torch", "array_api_strict"})
+_SCALAR_TYPES = frozenset({int, float, complex, bool, type(None), str})
+_IS_ARRAY: dict[type, bool] = {}
+_NAMESPACE: dict[type, Any] = {}
+_REAL_FLOATING: dict[tuple[Any, Any], bool] = {}
+_ROOT: dict[type, str] = {}
+# array-api-compat's device(x) is x.device for these libraries' arrays (it special-cases
+# only NumPy, Dask, JAX and sparse arrays); reading the attribute skips those type tests.
+_ATTRIBUTE_DEVICE = frozenset({"torch", "array_api_strict"})
+
 
 def _root(a: Any) -> str:
     """The top-level package of an array's type: "numpy", "torch", "array_api_strict"."""
-    return type(a).__module__.split(".")[0]
+    t = type(a)
+    root = _ROOT.get(t)
+    if root is None:
+        root = _ROOT[t] = t.__module__.split(".")[0]
+    return root
 
 
 def _library(a: Any) -> str:
@@ -36,7 +58,14 @@ def _library(a: Any) -> str:
 
 def is_array(a: Any) -> bool:
     """True for an array of any array-API library (not for Python scalars)."""
-    return _compat.is_array_api_obj(a) and not isinstance(a, (int, float, complex, bool))
+    t = type(a)
+    known = _IS_ARRAY.get(t)
+    if known is not None:
+        return known
+    result = _compat.is_array_api_obj(a) and not isinstance(a, (int, float, complex, bool))
+    if t in _SCALAR_TYPES or t.__module__.split(".")[0] in _CACHED_ROOTS:
+        _IS_ARRAY[t] = result
+    return result
 
 
 def namespace(**arrays: Any):
@@ -68,26 +97,42 @@ def namespace(**arrays: Any):
             f"{', '.join(arrays) or '()'}; pass arrays, or use the xp= keyword where offered"
         )
     first_name, first = named[0]
+    t = type(first)
+    one_type = all(type(a) is t for _, a in named[1:])
+    if not one_type:
+        for name, a in named[1:]:
+            if _root(a) != _root(first):
+                raise TypeError(
+                    f"{first_name} is a {_library(first)} but {name} is a {_library(a)}; "
+                    "refdiff does not mix array libraries in one call: convert one of them"
+                )
+    xp = _NAMESPACE.get(t) if one_type else None
+    if xp is None:
+        xp = _compat.array_namespace(*(a for _, a in named))
+        if one_type and _root(first) in _CACHED_ROOTS:
+            _NAMESPACE[t] = xp
+    if one_type and _root(first) == "numpy":
+        return xp  # NumPy arrays all live on the host device "cpu": nothing to compare
+    dev = device(first)
     for name, a in named[1:]:
-        if _root(a) != _root(first):
-            raise TypeError(
-                f"{first_name} is a {_library(first)} but {name} is a {_library(a)}; "
-                "refdiff does not mix array libraries in one call: convert one of them"
-            )
-    xp = _compat.array_namespace(*(a for _, a in named))
-    dev = _compat.device(first)
-    for name, a in named[1:]:
-        if _compat.device(a) != dev:
+        if device(a) != dev:
             raise ValueError(
                 f"{first_name} is on device {dev} but {name} is on device "
-                f"{_compat.device(a)}; move them to one device"
+                f"{device(a)}; move them to one device"
             )
     return xp
 
 
 def check_floating(xp, name: str, a: Any) -> None:
     """Raise TypeError unless ``a`` has a real floating dtype."""
-    if not xp.isdtype(a.dtype, "real floating"):
+    key = (xp, a.dtype)
+    try:
+        ok = _REAL_FLOATING[key]
+    except KeyError:
+        ok = _REAL_FLOATING[key] = bool(xp.isdtype(a.dtype, "real floating"))
+    except TypeError:  # an unhashable dtype object: ask every time
+        ok = xp.isdtype(a.dtype, "real floating")
+    if not ok:
         raise TypeError(f"{name} must have a real floating dtype, got {a.dtype}")
 
 
@@ -118,7 +163,9 @@ def check_like(xp, ref_name: str, ref: Any, **others: Any) -> None:
 
 def on_host(a: Any) -> bool:
     """True when reading values of ``a`` costs no device synchronisation."""
-    dev = _compat.device(a)
+    if _root(a) == "numpy":
+        return True
+    dev = device(a)
     kind = getattr(dev, "type", None)  # torch.device has .type; others are host or fake
     return kind in (None, "cpu")
 
@@ -200,6 +247,8 @@ def choice(name: str, value: Any, valid: tuple[str, ...]) -> str:
 
 def device(a: Any):
     """The device of an array (array-api-compat's ``device``)."""
+    if _root(a) in _ATTRIBUTE_DEVICE:
+        return a.device
     return _compat.device(a)
 
 
@@ -207,4 +256,4 @@ def as_array_like(xp, value: Any, like: Any):
     """A Python float or an array as an array in the dtype and on the device of ``like``."""
     if is_array(value):
         return xp.astype(value, like.dtype)
-    return xp.asarray(value, dtype=like.dtype, device=_compat.device(like))
+    return xp.asarray(value, dtype=like.dtype, device=device(like))

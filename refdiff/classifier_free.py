@@ -61,8 +61,11 @@ def _lerp(xp, a: Any, b: Any, s: Any):
             return a * 1.0  # a fresh array, equal to a bit for bit
         if s == 1:
             return b * 1.0
-        d = b - a
-        return a + s * d if s < 0.5 else b - (1.0 - s) * d
+        # d = b − a is written inline and b − (1 − s)·d as (s − 1)·d + b: bit for bit the same
+        # value (s − 1 = −(1 − s) exactly, x − y = (−y) + x exactly, signed zeros included),
+        # but every temporary is an unnamed left operand of a commutative operation, which
+        # NumPy reuses in place: one array allocated per call instead of three.
+        return a + s * (b - a) if s < 0.5 else (s - 1.0) * (b - a) + b
     d = b - a
     inner = xp.where(s < 0.5, a + s * d, b - (1.0 - s) * d)
     return xp.where(s == 0, a, xp.where(s == 1, b, inner))

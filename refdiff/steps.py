@@ -108,6 +108,12 @@ def ddpm_mean_variance(x_t: Any, eps: Any, alpha_bar_t: Any, alpha_bar_prev: Any
     §3.1.
     """
     xp = _check_step(x_t, eps, None, x0)
+    return _mean_variance(xp, x_t, eps, alpha_bar_t, alpha_bar_prev, variance, clip_x0, x0)
+
+
+def _mean_variance(xp, x_t: Any, eps: Any, alpha_bar_t: Any, alpha_bar_prev: Any,
+                   variance: str, clip_x0: Any, x0: Any):
+    """:func:`ddpm_mean_variance` after the array checks (shared with :func:`ddpm_step`)."""
     _xp.choice("variance", variance, VARIANCES)
     ab_t, ab_prev = _levels(xp, x_t, alpha_bar_t, alpha_bar_prev)
     x0 = _x0_from_eps(xp, x_t, eps, ab_t, x0)
@@ -161,10 +167,8 @@ def ddpm_step(x_t: Any, eps: Any, alpha_bar_t: Any, alpha_bar_prev: Any, noise: 
     if noise is None:
         raise ValueError("noise is required for ddpm_step (pass zeros for a step without "
                          "noise, as the sampling loop does on its last step)")
-    _check_step(x_t, eps, noise, x0)
-    mean, var = ddpm_mean_variance(x_t, eps, alpha_bar_t, alpha_bar_prev, variance=variance,
-                                   clip_x0=clip_x0, x0=x0)
-    xp = _xp.namespace(x_t=x_t)
+    xp = _check_step(x_t, eps, noise, x0)  # checks every array once, noise included
+    mean, var = _mean_variance(xp, x_t, eps, alpha_bar_t, alpha_bar_prev, variance, clip_x0, x0)
     return mean + xp.sqrt(var) * noise
 
 

@@ -79,6 +79,11 @@ class Backend:
     def synchronize(self, device: Any = None) -> None:
         """Block until queued work on ``device`` has finished (no-op on the host)."""
 
+    def compile(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` compiled for this library (the opt-in fast path of :mod:`refdiff.compiled`)."""
+        raise TypeError(f"the {self.name} backend has no compiler; refdiff.compiled needs "
+                        "torch with torch.compile")
+
     def __repr__(self) -> str:
         return f"<refdiff backend {self.name!r}>"
 

@@ -1,4 +1,5 @@
-"""The torch backend (CPU and CUDA, one code path): seeded normals, autograd, synchronize."""
+"""The torch backend (CPU and CUDA, one code path): seeded normals, autograd, synchronize,
+and ``torch.compile`` for :mod:`refdiff.compiled`."""
 
 from __future__ import annotations
 
@@ -65,3 +66,9 @@ class TorchBackend(Backend):
         device = torch.device(device or "cpu")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+
+    def compile(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        if not hasattr(torch, "compile"):
+            raise TypeError(f"torch {torch.__version__} has no torch.compile; refdiff.compiled "
+                            "needs torch >= 2.0")
+        return torch.compile(fn)
