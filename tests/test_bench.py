@@ -7,6 +7,7 @@ No timing is asserted anywhere: the numbers depend on the machine and its load.
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,3 +155,11 @@ def test_quick_end_to_end(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     assert (tmp_path / "bench_scaling.png").stat().st_size > 10_000
     assert "wrote" in capsys.readouterr().out
+
+
+def test_benchmarks_md_is_the_report_of_the_recorded_results():
+    # BENCHMARKS.md is written by ``refdiff bench`` from docs/bench_results.json: the two
+    # and the code that renders the one from the other must not drift apart
+    root = Path(__file__).resolve().parent.parent
+    res = json.loads((root / "docs" / "bench_results.json").read_text())
+    assert markdown(res) == (root / "BENCHMARKS.md").read_text()

@@ -25,8 +25,9 @@ from refdiff.bench import cases as C
 from refdiff.bench.bandwidth import numpy_copy_bandwidth, torch_copy_bandwidth
 from refdiff.bench.overhead import run_overhead
 from refdiff.bench.plot import scaling_plot
-from refdiff.bench.report import markdown, targets
+from refdiff.bench.report import markdown
 from refdiff.bench.scaling import by_batch, by_steps
+from refdiff.bench.targets import targets
 from refdiff.bench.timer import measure
 from refdiff.cli import UsageError
 
@@ -158,6 +159,7 @@ def run(*, quick: bool = False, shapes=None, compile: bool | None = None,
 
 
 def _run(*, quick, shapes, compile, use_diffusers, cuda, rounds, command, quiet) -> dict:
+    """Body of :func:`run`, with torch's thread count already set."""
     t_start = time.perf_counter()
     shapes = [tuple(s) for s in (shapes or (QUICK_SHAPES if quick else FULL_SHAPES))]
     compile = (not quick) if compile is None else compile
@@ -167,6 +169,36 @@ def _run(*, quick, shapes, compile, use_diffusers, cuda, rounds, command, quiet)
                  "machine": machine_info(), "shapes": [list(s) for s in shapes]}
     tgts = _targets(cuda)
     res["cuda"] = any(d == "cuda" for _, d, _ in tgts)
+    _measure_bandwidth(res, tgts, quick=quick, quiet=quiet)
+    if compile:
+        compile = _compile_warmup(res)
+    if compile:
+        _log("bench: cold compilation in a fresh process", quiet)
+        res["cold_compile"] = C.cold_compile_times(shapes[min(1, len(shapes) - 1)],
+                                                   threads=res["machine"].get("torch_threads", 1))
+    res["ops"], res["compile"] = [], []
+    for shape in shapes:
+        for lib, dev, dtype in tgts:
+            _measure_cell(res, C.Cell(lib, dev, dtype, shape), rounds=rounds, quick=quick,
+                          compile=compile, use_diffusers=use_diffusers, quiet=quiet)
+    _log("bench: per-call overhead on tiny arrays", quiet)
+    libs = ("numpy", "torch") if any(lib == "torch" for lib, _, _ in tgts) else ("numpy",)
+    res["overhead"] = run_overhead(libs, rounds=3 if quick else 9,
+                                   min_sample_s=0.001 if quick else 0.004)
+    res["overhead_before"] = OVERHEAD_BEFORE
+    _log("bench: scaling", quiet)
+    res["scaling"] = _scaling(quick=quick, cuda=cuda)
+    res["targets"] = targets(res)
+    res["wall_s"] = time.perf_counter() - t_start
+    return res
+
+
+def _measure_bandwidth(res: dict, tgts, *, quick: bool, quiet: bool) -> None:
+    """Probe the copy bandwidth of each library; set the floor's rate in ``res``.
+
+    Sets ``res["bandwidth"]`` (the rate per backend), ``res["bandwidth_probes"]`` (every
+    probe's median and best) and ``res["bandwidth_mib"]`` (the probe's size).
+    """
     mib = 64 if quick else 256
     _log("bench: copy bandwidth", quiet)
     n_bw = 3 if quick else 11
@@ -181,59 +213,58 @@ def _run(*, quick, shapes, compile, use_diffusers, cuda, rounds, command, quiet)
     if res["cuda"]:
         bw["torch-cuda"] = probes["torch-cuda"]["best"]
     res["bandwidth"], res["bandwidth_probes"], res["bandwidth_mib"] = bw, probes, mib
-    if compile:
-        compile = _compile_warmup(res)
-    if compile:
-        _log("bench: cold compilation in a fresh process", quiet)
-        res["cold_compile"] = C.cold_compile_times(shapes[min(1, len(shapes) - 1)],
-                                                   threads=res["machine"].get("torch_threads", 1))
-    res["ops"], res["compile"] = [], []
-    for shape in shapes:
-        for lib, dev, dtype in tgts:
-            cell = C.Cell(lib, dev, dtype, shape)
-            _log(f"bench: {cell.label} {dtype} {shape}", quiet)
-            big = cell.nbytes > 8 << 20
-            impls = {"refdiff": C.refdiff_cases(cell), "hand": C.hand_cases(cell)}
-            if use_diffusers:
-                impls["diffusers"] = C.diffusers_cases(cell)
-            if compile and dtype == "float32":
-                impls["compiled"] = C.compiled_cases(cell)
-            for op in C.OPS:
-                cands = {impl: fns[op] for impl, fns in impls.items() if op in fns}
-                loop = op == "loop50"
-                n_rounds = max(3, rounds // 3) if (loop and big) else rounds
-                stats = measure(cands, rounds=n_rounds, warmup=1 if loop else 2,
-                                min_sample_s=0.0 if loop else (0.002 if quick else 0.01),
-                                sync=cell.sync, budget_s=(2.0 if quick else 15.0))
-                floor_bytes = C.ARRAYS_MOVED[op] * cell.nbytes
-                floor_s = floor_bytes / bw[cell.label]
-                hand = stats["hand"].median
-                for impl, s in stats.items():
-                    res["ops"].append({
-                        "op": op, "backend": cell.label, "dtype": dtype, "shape": list(shape),
-                        "impl": impl, "ms": s.median * 1e3, "spread": s.spread, "rounds": s.n,
-                        "calls_per_round": s.number, "floor_ms": floor_s * 1e3,
-                        "x_floor": s.median / floor_s, "gbps": floor_bytes / s.median / 1e9,
-                        "vs_hand": s.median / hand})
-            if compile and lib == "torch" and dtype == "float32":
-                cold = res.get("cold_compile", {}) if dev == "cpu" else {}  # measured on CPU
-                res["compile"] += _compile_rows(cell, res["ops"], cold)
-    _log("bench: per-call overhead on tiny arrays", quiet)
-    libs = ("numpy", "torch") if any(lib == "torch" for lib, _, _ in tgts) else ("numpy",)
-    res["overhead"] = run_overhead(libs, rounds=3 if quick else 9,
-                                   min_sample_s=0.001 if quick else 0.004)
-    res["overhead_before"] = OVERHEAD_BEFORE
-    _log("bench: scaling", quiet)
-    res["scaling"] = {
+
+
+def _measure_cell(res: dict, cell, *, rounds: int, quick: bool, compile: bool,
+                  use_diffusers: bool, quiet: bool) -> None:
+    """Time every operation of one (backend, dtype, shape) cell into ``res["ops"]``.
+
+    Every implementation (refdiff, hand-written, diffusers, compiled) of one operation is
+    timed in the same interleaved rounds; compile times go to ``res["compile"]``.
+    """
+    _log(f"bench: {cell.label} {cell.dtype} {cell.shape}", quiet)
+    impls = {"refdiff": C.refdiff_cases(cell), "hand": C.hand_cases(cell)}
+    if use_diffusers:
+        impls["diffusers"] = C.diffusers_cases(cell)
+    if compile and cell.dtype == "float32":
+        impls["compiled"] = C.compiled_cases(cell)
+    for op in C.OPS:
+        res["ops"] += _time_op(op, cell, impls, res["bandwidth"], rounds=rounds, quick=quick)
+    if compile and cell.library == "torch" and cell.dtype == "float32":
+        # cold compilation is measured on CPU only
+        cold = res.get("cold_compile", {}) if cell.device == "cpu" else {}
+        res["compile"] += _compile_rows(cell, res["ops"], cold)
+
+
+def _time_op(op: str, cell, impls: dict, bw: dict, *, rounds: int, quick: bool) -> list[dict]:
+    """One row per implementation of ``op``: median time, spread, × floor, × hand."""
+    cands = {impl: fns[op] for impl, fns in impls.items() if op in fns}
+    loop = op == "loop50"
+    big = cell.nbytes > 8 << 20
+    n_rounds = max(3, rounds // 3) if (loop and big) else rounds
+    stats = measure(cands, rounds=n_rounds, warmup=1 if loop else 2,
+                    min_sample_s=0.0 if loop else (0.002 if quick else 0.01),
+                    sync=cell.sync, budget_s=(2.0 if quick else 15.0))
+    floor_bytes = C.ARRAYS_MOVED[op] * cell.nbytes
+    floor_s = floor_bytes / bw[cell.label]
+    hand = stats["hand"].median
+    return [{"op": op, "backend": cell.label, "dtype": cell.dtype, "shape": list(cell.shape),
+             "impl": impl, "ms": s.median * 1e3, "spread": s.spread, "rounds": s.n,
+             "calls_per_round": s.number, "floor_ms": floor_s * 1e3,
+             "x_floor": s.median / floor_s, "gbps": floor_bytes / s.median / 1e9,
+             "vs_hand": s.median / hand}
+            for impl, s in stats.items()]
+
+
+def _scaling(*, quick: bool, cuda: bool) -> dict:
+    """Time and peak memory against batch size and against the number of steps."""
+    return {
         "batch": by_batch((1, 4) if quick else (1, 4, 16, 64), cuda=cuda,
                           rounds=3 if quick else 7, budget_s=1.0 if quick else 4.0),
         "steps": by_steps((5, 10) if quick else (10, 25, 50, 100),
                           shape=(1, 4, 32, 32) if quick else (4, 4, 64, 64), cuda=cuda,
                           rounds=2 if quick else 3),
     }
-    res["targets"] = targets(res)
-    res["wall_s"] = time.perf_counter() - t_start
-    return res
 
 
 def _compile_warmup(res: dict) -> bool:

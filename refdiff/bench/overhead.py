@@ -10,6 +10,7 @@ the floor for any Python implementation.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import refdiff as rd
@@ -44,33 +45,65 @@ def _hand(x, u, c, z):
 
 
 def public_calls(library: str = "numpy") -> dict[str, Callable[[], Any]]:
-    """A zero-argument call of every public function of refdiff on tiny inputs."""
+    """A zero-argument call of every public function of refdiff on tiny inputs.
+
+    Parameters
+    ----------
+    library : {"numpy", "torch"}
+        NumPy float64 or torch CPU float32 inputs of shape (2, 3).
+
+    Returns
+    -------
+    dict
+        Label (the function's name, then a note where one function has two calls) to a
+        zero-argument call; grouped as guidance, forward process, steps, schedules,
+        sampling loops, then training and conditioning.
+    """
+    inputs = _tiny_inputs(library)
+    calls: dict[str, Callable[[], Any]] = {}
+    for group in (_guidance_calls, _forward_calls, _step_calls, _schedule_calls,
+                  _sampling_calls, _training_calls):
+        calls.update(group(inputs))
+    return calls
+
+
+def _tiny_inputs(library: str) -> SimpleNamespace:
+    """The tiny arrays, schedule, model and classifier that the calls share."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     if library == "numpy":
         def arr(a, dtype="float64"):
             return np.asarray(a, dtype=dtype)
-        gen = 0
     else:
         import torch
 
         def arr(a, dtype="float32"):
             return torch.asarray(np.asarray(a)).to(getattr(torch, dtype))
-        gen = 0
     x, u, c, z = (arr(rng.standard_normal(TINY)) for _ in range(4))
     ab = arr(np.array([0.3, 0.4]), "float64")
     labels = arr(np.array([0, 2]), "int64")
     logits = arr(rng.standard_normal((2, 3)))
     sched = rd.linear_schedule(1000)
+
     def model(x_t, t, cond):
         return u if cond is None else c
+
     def log_prob(v):
         return rd.label_log_prob(v, labels)
 
-    def cls(v, t):
+    def classifier(v, t):
         return v
-    calls = {
+
+    return SimpleNamespace(x=x, u=u, c=c, z=z, ab=ab, labels=labels, logits=logits,
+                           sched=sched, model=model, log_prob=log_prob,
+                           classifier=classifier, gen=0)
+
+
+def _guidance_calls(a: SimpleNamespace) -> dict[str, Callable[[], Any]]:
+    """Classifier-free and classifier guidance."""
+    x, u, c, z, log_prob = a.x, a.u, a.c, a.z, a.log_prob
+    return {
         "cfg": lambda: rd.cfg(u, c, 7.5),
         "cfg_multi": lambda: rd.cfg_multi(u, [c, z], [2.0, -1.0]),
         "cfg_scale_from_w": lambda: rd.cfg_scale_from_w(6.5),
@@ -80,11 +113,25 @@ def public_calls(library: str = "numpy") -> dict[str, Callable[[], Any]]:
         "classifier_guided_mean": lambda: rd.classifier_guided_mean(u, 0.1, c, 2.0),
         "classifier_gradient": lambda: rd.classifier_gradient(log_prob, x,
                                                               grad_fn=lambda v: v * 1.0),
+    }
+
+
+def _forward_calls(a: SimpleNamespace) -> dict[str, Callable[[], Any]]:
+    """The forward process and conversions between parameterisations."""
+    x, u, z, ab = a.x, a.u, a.z, a.ab
+    return {
         "q_sample": lambda: rd.q_sample(x, 0.3, z),
         "q_sample (per-sample ᾱ)": lambda: rd.q_sample(x, ab, z),
         "predict_x0_eps": lambda: rd.predict_x0_eps(x, u, 0.3),
         "prediction_from_x0_eps": lambda: rd.prediction_from_x0_eps(x, u, 0.3, "v_prediction"),
         "v_target": lambda: rd.v_target(x, u, 0.3),
+    }
+
+
+def _step_calls(a: SimpleNamespace) -> dict[str, Callable[[], Any]]:
+    """The posterior and the DDPM / DDIM steps."""
+    x, u, z = a.x, a.u, a.z
+    return {
         "posterior_coefficients": lambda: rd.posterior_coefficients(0.3, 0.55),
         "q_posterior": lambda: rd.q_posterior(x, z, 0.3, 0.55),
         "ddim_sigma": lambda: rd.ddim_sigma(0.3, 0.55, 0.5),
@@ -93,16 +140,38 @@ def public_calls(library: str = "numpy") -> dict[str, Callable[[], Any]]:
         "ddpm_step": lambda: rd.ddpm_step(x, u, 0.3, 0.55, z),
         "ddpm_mean_variance": lambda: rd.ddpm_mean_variance(x, u, 0.3, 0.55),
         "ddim_inversion_step": lambda: rd.ddim_inversion_step(x, u, 0.55, 0.3),
+    }
+
+
+def _schedule_calls(a: SimpleNamespace) -> dict[str, Callable[[], Any]]:
+    """Noise schedules and inference timesteps."""
+    sched = a.sched
+    return {
         "linear_schedule": lambda: rd.linear_schedule(1000),
         "guided_diffusion_linear_schedule": lambda: rd.guided_diffusion_linear_schedule(1000),
         "scaled_linear_schedule": lambda: rd.scaled_linear_schedule(1000),
         "cosine_schedule": lambda: rd.cosine_schedule(1000),
         "rescale_zero_terminal_snr": lambda: rd.rescale_zero_terminal_snr(sched),
         "inference_timesteps": lambda: rd.inference_timesteps(1000, 50, "trailing"),
+    }
+
+
+def _sampling_calls(a: SimpleNamespace) -> dict[str, Callable[[], Any]]:
+    """The sampling and inversion loops (10 steps each)."""
+    model, x, sched = a.model, a.x, a.sched
+    return {
         "sample (10 DDIM steps, CFG)": lambda: rd.sample(
             model, x, sched, num_inference_steps=10,
             guidance=rd.Guidance(cond=1, uncond=None, scale=7.5)),
         "ddim_invert (10 steps)": lambda: rd.ddim_invert(model, x, sched, num_inference_steps=10),
+    }
+
+
+def _training_calls(a: SimpleNamespace) -> dict[str, Callable[[], Any]]:
+    """Training losses, weights, embeddings and condition dropout."""
+    x, u, c, z, ab, labels, logits, sched, cls, gen = (
+        a.x, a.u, a.c, a.z, a.ab, a.labels, a.logits, a.sched, a.classifier, a.gen)
+    return {
         "alpha_bar_at": lambda: rd.alpha_bar_at(sched, labels),
         "sample_timesteps": lambda: rd.sample_timesteps(x, 1000, generator=gen),
         "drop_condition": lambda: rd.drop_condition(labels, 3, 0.1, generator=gen),
@@ -117,7 +186,6 @@ def public_calls(library: str = "numpy") -> dict[str, Callable[[], Any]]:
         "sample_guidance_scales": lambda: rd.sample_guidance_scales(x, 1.0, 8.0, generator=gen),
         "guidance_distillation_target": lambda: rd.guidance_distillation_target(u, c, 7.5),
     }
-    return calls
 
 
 def covered_names() -> set[str]:
