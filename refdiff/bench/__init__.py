@@ -6,6 +6,7 @@ Modules: :mod:`.timer` (interleaved timing with synchronisation, medians and spr
 :mod:`.bandwidth` (this machine's copy bandwidth), :mod:`.cases` (each operation as refdiff,
 hand-written NumPy/torch, and diffusers), :mod:`.overhead` (per-call cost on tiny arrays, every
 public function), :mod:`.scaling` (time and peak memory against batch size and steps),
+:mod:`.targets` (the issue's targets: met, not met or not measured, with the reason),
 :mod:`.report` (BENCHMARKS.md), :mod:`.plot` and :mod:`.cli` (``refdiff bench``).
 
 Use :func:`run` from Python; it returns the raw results as a JSON-ready dict.
