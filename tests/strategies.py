@@ -1,8 +1,10 @@
-"""Hypothesis strategies the tests share (the public kit will live in refdiff.testing)."""
+"""Hypothesis strategies the tests share (the public ones are in refdiff.testing.strategies)."""
 
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+from refdiff.testing.strategies import flush_tiny
 
 ELEMENTS = st.floats(-3.0, 3.0, allow_nan=False, allow_infinity=False, allow_subnormal=False,
                      width=64)
@@ -13,8 +15,7 @@ SHAPES = st.one_of(hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side
 def arrays(shape):
     """float64 arrays; magnitudes below 2**-14 (float16 subnormals) are mapped to 0, so an
     input means the same in every dtype (as in refdiff.testing.strategies.arrays)."""
-    return hnp.arrays(np.float64, shape, elements=ELEMENTS).map(
-        lambda a: np.where(np.abs(a) < 2.0**-14, 0.0, a))
+    return hnp.arrays(np.float64, shape, elements=ELEMENTS).map(flush_tiny)
 
 
 @st.composite

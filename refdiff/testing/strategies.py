@@ -95,7 +95,8 @@ def shapes(max_dims: int = 4, max_side: int = 3):
     return hnp.array_shapes(min_dims=1, max_dims=max_dims, min_side=1, max_side=max_side)
 
 
-def _flush_tiny(a: np.ndarray) -> np.ndarray:
+def flush_tiny(a: np.ndarray) -> np.ndarray:
+    """``a`` with magnitudes below 2**-14 (float16 subnormals) set to 0."""
     return np.where(np.abs(a) < TINY, 0.0, a)
 
 
@@ -110,7 +111,7 @@ def arrays(shape, dtype: str = "float64", backend: str = "numpy", device: str = 
                          allow_subnormal=allow_subnormal, width=64)
     raw = hnp.arrays(np.float64, shape, elements=elements)
     if not allow_subnormal:
-        raw = raw.map(_flush_tiny)
+        raw = raw.map(flush_tiny)
     if backend == "numpy" and dtype == "float64":
         return raw
     return raw.map(lambda a: from_numpy(a, backend, dtype, device))
