@@ -11,8 +11,6 @@ COMMANDS = {
     "demo": ("refdiff.demo", "guided sampling on an exact Gaussian-mixture model, with a summary"),
     "check": ("refdiff.testing.cli", "property-test another implementation (diffusers or yours) "
               "against refdiff"),
-    "bench": ("refdiff.bench.cli", "benchmarks: speed against hand-written code, diffusers and "
-              "the memory floor; writes BENCHMARKS.md"),
 }
 
 

@@ -1,9 +1,11 @@
-"""``refdiff bench``: the harness runs on tiny inputs, the report names every target with a
-verdict, bad arguments fail in one line, and ``--quick`` works end to end.
+"""The benchmarks (``python -m benchmarks``, the repository's ``benchmarks/`` folder): the
+harness runs on tiny inputs, the report names every target with a verdict, bad arguments fail
+in one line, and ``--quick`` works end to end without touching the tracked files.
 
 No timing is asserted anywhere: the numbers depend on the machine and its load.
 """
 
+import ast
 import json
 import subprocess
 import sys
@@ -13,12 +15,12 @@ import numpy as np
 import pytest
 
 import refdiff as rd
-from refdiff.bench import cases as C
-from refdiff.bench.overhead import covered_names, public_calls
-from refdiff.bench.report import TARGET_IDS, markdown, targets
-from refdiff.bench.scaling import numpy_peak_bytes
-from refdiff.bench.timer import measure
-from refdiff.cli import main
+from benchmarks import cases as C
+from benchmarks.cli import DOCS_PATHS, ROOT, _parse, _paths, main
+from benchmarks.overhead import covered_names, public_calls
+from benchmarks.report import TARGET_IDS, markdown, targets
+from benchmarks.scaling import numpy_peak_bytes
+from benchmarks.timer import measure
 
 
 def test_timer_interleaves_and_reports_median_and_spread():
@@ -76,7 +78,7 @@ def _fake_results(**over):
         ops.append(dict(op="guided_ddim", backend=backend, dtype="float32", shape=shape,
                         impl=impl, ms=ms, spread=0.05, gbps=10.0, x_floor=ms / 0.4,
                         vs_hand=ms / 0.95, floor_ms=0.4))
-    res = dict(command="refdiff bench", date="today", wall_s=1.0, cuda=False, shapes=[shape],
+    res = dict(command="python -m benchmarks", date="today", wall_s=1.0, cuda=False, shapes=[shape],
                machine=dict(cpu="cpu", cores=2, platform="linux", python="3", numpy="2",
                             array_api_compat="1", commit="abc"),
                bandwidth={"numpy": 1e10}, ops=ops, compile=[], overhead=[
@@ -105,7 +107,7 @@ def test_report_marks_every_target_met_or_not_with_a_reason():
     text = markdown(res)
     for t in res["targets"]:
         assert t["target"] in text and t["reason"]
-    assert "not measured (no GPU lent to this task)" in text
+    assert "not measured (no CUDA device used in this run)" in text
     assert "| guided_ddim | torch-cpu | (16,4,64,64) | 0.8 | 0.20 | 0.3 | 1 | 0.5 | 1600 | 400 |" in text
 
 
@@ -121,29 +123,55 @@ def test_report_says_not_met():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["bench", "--shapes", "a,b"], "--shapes must be ';'-separated lists of integers"),
-    (["bench", "--shapes", "0,4"], "--shapes needs shapes of at least 2 positive sizes"),
-    (["bench", "--rounds", "1"], "--rounds must lie in 3..1000"),
-    (["bench", "--out", "/nonexistent-dir/x.md"], "does not exist"),
-    (["bench", "--out", "report.txt"], "--out must be a .md file"),
-    (["bench", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["--shapes", "a,b"], "--shapes must be ';'-separated lists of integers"),
+    (["--shapes", "0,4"], "--shapes needs shapes of at least 2 positive sizes"),
+    (["--rounds", "1"], "--rounds must lie in 3..1000"),
+    (["--out", "/nonexistent-dir/x.md"], "does not exist"),
+    (["--out", "report.txt"], "--out must be a .md file"),
+    (["--write-docs", "--out", "x.md"], "--write-docs writes BENCHMARKS.md and docs/bench_*"),
+    (["--write-docs", "--quick"], "--write-docs records a full run"),
+    (["--frobnicate"], "unrecognized arguments: --frobnicate"),
 ])
 def test_bad_arguments_one_line(args, message):
-    proc = subprocess.run([sys.executable, "-m", "refdiff", *args], capture_output=True,
-                          text=True)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", *args], capture_output=True,
+                          text=True, cwd=ROOT)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_quick_end_to_end(tmp_path, capsys):
+def test_default_paths_need_no_docs_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _paths(_parse(["--quick"])) == (Path("benchmarks_report.md"),
+                                          Path("benchmarks_report.json"),
+                                          Path("benchmarks_report_scaling.png"))
+    assert _paths(_parse(["--write-docs"])) == DOCS_PATHS  # the repository's, from any cwd
+
+
+def test_refdiff_has_no_bench_command():
+    # the benchmarks are source-tree tooling: the installed package neither ships nor imports them
+    proc = subprocess.run([sys.executable, "-m", "refdiff", "bench"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "unknown command 'bench'" in proc.stderr
+    package = Path(rd.__file__).parent
+    assert not (package / "bench").exists()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] == "benchmarks" for n in names), path
+
+
+def test_quick_end_to_end(tmp_path, monkeypatch, capsys):
+    tracked = {p: p.stat().st_mtime_ns for p in DOCS_PATHS}
+    monkeypatch.chdir(tmp_path)  # no docs/ folder here
     out = tmp_path / "bench.md"
-    assert main(["bench", "--quick", "--quiet", "--out", str(out)]) == 0
+    assert main(["--quick", "--quiet", "--out", str(out)]) == 0
     text = out.read_text()
     res = json.loads((tmp_path / "bench.json").read_text())
     assert [t["id"] for t in res["targets"]] == list(TARGET_IDS)
     for needle in ("## Targets", "## Operations", "## Per-call overhead", "## Scaling",
-                   "refdiff bench --quick", res["machine"]["numpy"]):
+                   "python -m benchmarks --quick", res["machine"]["numpy"]):
         assert needle in text
     impls = {r["impl"] for r in res["ops"]}
     assert {"refdiff", "hand"} <= impls
@@ -152,14 +180,14 @@ def test_quick_end_to_end(tmp_path, capsys):
     flat = [r["peak_mib"] for r in steps if not r["trajectory"]]
     grows = [r["peak_mib"] for r in steps if r["trajectory"]]
     assert max(flat) <= 1.05 * min(flat) and grows[-1] > grows[0]  # memory, not time
+    assert {p: p.stat().st_mtime_ns for p in DOCS_PATHS} == tracked  # tracked files untouched
+    assert "wrote" in capsys.readouterr().out
     pytest.importorskip("matplotlib")
     assert (tmp_path / "bench_scaling.png").stat().st_size > 10_000
-    assert "wrote" in capsys.readouterr().out
 
 
 def test_benchmarks_md_is_the_report_of_the_recorded_results():
-    # BENCHMARKS.md is written by ``refdiff bench`` from docs/bench_results.json: the two
-    # and the code that renders the one from the other must not drift apart
-    root = Path(__file__).resolve().parent.parent
-    res = json.loads((root / "docs" / "bench_results.json").read_text())
-    assert markdown(res) == (root / "BENCHMARKS.md").read_text()
+    # ``python -m benchmarks --write-docs`` writes BENCHMARKS.md from docs/bench_results.json:
+    # the two and the code that renders the one from the other must not drift apart
+    report, results, _ = DOCS_PATHS
+    assert markdown(json.loads(results.read_text())) == report.read_text()

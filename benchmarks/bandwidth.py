@@ -11,7 +11,7 @@ probe that happened to run in a noisy moment does not lower the floor.
 
 from __future__ import annotations
 
-from refdiff.bench.timer import measure
+from benchmarks.timer import measure
 
 MIB = 1 << 20
 

@@ -1,8 +1,8 @@
-"""The issue's benchmark targets: each one's measured value, verdict and reason.
+"""The benchmark targets: each one's measured value, verdict and reason.
 
-:func:`targets` reads the raw results of :func:`refdiff.bench.run` and returns one verdict
-per target, in the order of :data:`TARGET_IDS`; :mod:`refdiff.bench.report` writes them as
-the first table of BENCHMARKS.md.
+:func:`targets` reads the raw results of :func:`benchmarks.run` and returns one verdict
+per target, in the order of :data:`TARGET_IDS`; :mod:`benchmarks.report` writes them as
+the first table of the report.
 """
 
 from __future__ import annotations
@@ -54,12 +54,12 @@ def _fixed_cost_us(res: dict, row: dict) -> float | None:
 
 
 def targets(res: dict) -> list[dict]:
-    """Each target of the issue with the measured value, met / not met, and the reason.
+    """Each benchmark target with the measured value, met / not met, and the reason.
 
     Parameters
     ----------
     res : dict
-        Raw results of :func:`refdiff.bench.run` (``ops``, ``shapes``, ``overhead``).
+        Raw results of :func:`benchmarks.run` (``ops``, ``shapes``, ``overhead``).
 
     Returns
     -------
@@ -191,7 +191,7 @@ def _compiled_floor(res: dict, dev: str, bound: float, tid: str) -> dict:
     tgt = f"compiled guided DDIM step within {bound}× of the memory-traffic floor on " \
           f"{'CPU' if dev == 'cpu' else 'GPU'}"
     if not rows:
-        reason = ("not measured (no GPU lent to this task)" if dev == "cuda" else
+        reason = ("not measured (no CUDA device used in this run)" if dev == "cuda" else
                   "compiled path not run (--quick or --no-compile)")
         return dict(id=tid, target=tgt, value="not measured", met=None, reason=reason)
     ratios = [(r["shape"], r["x_floor"]) for r in rows]

@@ -17,8 +17,8 @@ import tracemalloc
 from typing import Any, Callable
 
 import refdiff as rd
-from refdiff.bench.cases import AB_PREV, AB_T, S, Cell
-from refdiff.bench.timer import measure
+from benchmarks.cases import AB_PREV, AB_T, S, Cell
+from benchmarks.timer import measure
 
 
 def numpy_peak_bytes(fn: Callable[[], Any]) -> int:

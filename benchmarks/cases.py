@@ -223,7 +223,7 @@ warnings.simplefilter("ignore")
 t0 = time.perf_counter()
 import torch
 torch.set_num_threads({threads})
-from refdiff.bench import cases as C
+from benchmarks import cases as C
 cell = C.Cell("torch", "cpu", "float32", {shape})
 t_import = time.perf_counter() - t0
 t0 = time.perf_counter()
@@ -250,7 +250,11 @@ def cold_compile_times(shape=(16, 4, 64, 64), threads: int = 1, timeout: float =
     import tempfile
 
     with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, TRITON_CACHE_DIR=cache)
+        # the fresh process imports this package from its folder's parent, whatever the cwd
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, TRITON_CACHE_DIR=cache,
+                   PYTHONPATH=path)
         script = _COLD_SCRIPT.format(threads=threads, shape=tuple(shape))
         try:
             proc = subprocess.run([sys.executable, "-c", script], env=env, text=True,

@@ -14,10 +14,10 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 import refdiff as rd
-from refdiff.bench.timer import measure
+from benchmarks.timer import measure
 
 TINY = (2, 3)
-# The step functions the per-call target (< ~20 µs on NumPy) applies to.
+# The step functions the per-call benchmark target (< ~20 µs on NumPy) applies to.
 STEP_FUNCTIONS = ("q_sample", "cfg", "ddim_step", "ddpm_step", "ddim_inversion_step",
                   "ddpm_mean_variance", "q_posterior", "predict_x0_eps")
 
@@ -111,8 +111,8 @@ def _guidance_calls(a: SimpleNamespace) -> dict[str, Callable[[], Any]]:
         "guidance_rescale": lambda: rd.guidance_rescale(u, c, 0.7),
         "classifier_guided_eps": lambda: rd.classifier_guided_eps(u, c, 0.3, 2.0),
         "classifier_guided_mean": lambda: rd.classifier_guided_mean(u, 0.1, c, 2.0),
-        "classifier_gradient": lambda: rd.classifier_gradient(log_prob, x,
-                                                              grad_fn=lambda v: v * 1.0),
+        "classifier_gradient": lambda: rd.classifier_gradient(
+            log_prob, x, grad_log_prob=lambda v: v * 1.0),
     }
 
 

@@ -1,14 +1,15 @@
-"""BENCHMARKS.md from the raw results of :func:`refdiff.bench.run`.
+"""The markdown report (BENCHMARKS.md) from the raw results of :func:`benchmarks.run`.
 
 :func:`markdown` is a pure function of the results, one helper per section; the target
-verdicts it tabulates come from :mod:`refdiff.bench.targets` (re-exported here).
+verdicts it tabulates are derived from the results by :mod:`benchmarks.targets`
+(re-exported here).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from refdiff.bench.targets import TARGET_IDS, shape_text, targets
+from benchmarks.targets import TARGET_IDS, shape_text, targets
 
 __all__ = ["TARGET_IDS", "markdown", "targets"]
 
@@ -35,8 +36,9 @@ def markdown(res: dict) -> str:
     Parameters
     ----------
     res : dict
-        Raw results of :func:`refdiff.bench.run`, with ``targets`` filled in (as
-        ``refdiff bench`` writes them to docs/bench_results.json).
+        Raw results of :func:`benchmarks.run` (as ``python -m benchmarks`` writes them to
+        its JSON file, docs/bench_results.json with ``--write-docs``); the verdicts are
+        derived from them with :func:`targets`.
 
     Returns
     -------
@@ -54,8 +56,9 @@ def _header(res: dict) -> list[str]:
     m = res["machine"]
     L = ["# Benchmarks", "",
          f"Produced by `{res['command']}` (refdiff commit `{m['commit']}`) on "
-         f"{res['date']}; the whole run took {res['wall_s']:.0f} s. Do not edit by hand: rerun "
-         "the command.", "",
+         f"{res['date']}; the whole run took {res['wall_s']:.0f} s. Generated from the raw "
+         "results; do not edit by hand (BENCHMARKS.md: rerun `python -m benchmarks "
+         "--write-docs` from the repository root).", "",
          f"- Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}"
          f"{'; GPU: ' + m['gpu'] if m.get('gpu') else '; no GPU'}.",
          f"- Versions: Python {m['python']}, NumPy {m['numpy']}, torch {m.get('torch', '—')}, "
@@ -68,16 +71,13 @@ def _header(res: dict) -> list[str]:
          "The machine is shared and small (other processes were running): single "
          "numbers can move by 10–20%; compare within a table, not across runs.",
          f"- Settings: torch intra-op threads = {m.get('torch_threads', '—')} (NumPy's "
-         "element-wise loops are single-threaded too); glibc told to keep freed arrays on "
-         "the heap (`mallopt`; otherwise each large temporary is mmap'd and page-faulted "
-         "anew, and timings depend on allocation history): "
-         f"{'yes' if res.get('stable_allocator') else 'no'}.",
+         "element-wise loops are single-threaded too).",
          "- Floor = bytes that must be read and written once ÷ this machine's measured copy "
          "bandwidth; GB/s = those bytes ÷ the measured time (an effective rate).", ""]
     if not res["cuda"]:
-        L += ["**CUDA rows: not measured (no GPU lent to this task).** The harness runs them "
-              "(eager and compiled, with `torch.cuda.synchronize` before each clock read and "
-              "`torch.cuda.max_memory_allocated` for memory) whenever "
+        L += ["**CUDA rows: not measured (no CUDA device used in this run).** The harness "
+              "runs them (eager and compiled, with `torch.cuda.synchronize` before each clock "
+              "read and `torch.cuda.max_memory_allocated` for memory) whenever "
               "`torch.cuda.is_available()`.", ""]
     return L
 
@@ -85,7 +85,7 @@ def _header(res: dict) -> list[str]:
 def _targets_section(res: dict) -> list[str]:
     """The target verdicts table."""
     L = ["## Targets", "", "| target | measured | verdict | reason |", "| --- | --- | --- | --- |"]
-    for t in res["targets"]:
+    for t in targets(res):
         L.append(f"| {t['target']} | {t['value']} | {_verdict(t)} | {t['reason']} |")
     return L
 
@@ -188,9 +188,6 @@ def _overhead_section(res: dict) -> list[str]:
         n, t = d.get("numpy", {}), d.get("torch", {})
         L.append(f"| {name} | {_fmt(n.get('us'))} | {_fmt(n.get('hand_us'))} | "
                  f"{_fmt(t.get('us'))} | {_fmt(t.get('hand_us'))} |")
-    if res.get("overhead_before"):
-        L += ["", "Before the per-call work of this issue (same harness, same machine): " +
-              ", ".join(f"{k} {v:.1f} µs" for k, v in res["overhead_before"].items()) + "."]
     return L
 
 

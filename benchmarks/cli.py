@@ -1,11 +1,13 @@
-"""``refdiff bench``: run the benchmarks and write BENCHMARKS.md, a JSON of raw results and
-the scaling figure.
+"""``python -m benchmarks``: run the benchmarks and write a markdown report, a JSON of the raw
+results and the scaling figure (run it from the repository root).
 
-    refdiff bench                      # full run (~5 min on 2 cores): BENCHMARKS.md,
-                                       # docs/bench_results.json, docs/bench_scaling.png
-    refdiff bench --quick --out /tmp/bench_quick.md   # smoke test, well under a minute
+    python -m benchmarks                 # full run (~5 min on 2 cores): ./benchmarks_report.md,
+                                         # ./benchmarks_report.json, ./benchmarks_report_scaling.png
+    python -m benchmarks --write-docs    # full run recorded in the tracked files: BENCHMARKS.md,
+                                         # docs/bench_results.json, docs/bench_scaling.png
+    python -m benchmarks --quick --out /tmp/bench_quick.md   # smoke test, well under a minute
 
-From Python: ``refdiff.bench.run(quick=True)`` returns the results as a dict.
+From Python: ``benchmarks.run(quick=True)`` returns the results as a dict.
 """
 
 from __future__ import annotations
@@ -21,23 +23,25 @@ import time
 from pathlib import Path
 
 import refdiff
-from refdiff.bench import cases as C
-from refdiff.bench.bandwidth import numpy_copy_bandwidth, torch_copy_bandwidth
-from refdiff.bench.overhead import run_overhead
-from refdiff.bench.plot import scaling_plot
-from refdiff.bench.report import markdown
-from refdiff.bench.scaling import by_batch, by_steps
-from refdiff.bench.targets import targets
-from refdiff.bench.timer import measure
 from refdiff.cli import UsageError
+
+from benchmarks import cases as C
+from benchmarks.bandwidth import numpy_copy_bandwidth, torch_copy_bandwidth
+from benchmarks.overhead import run_overhead
+from benchmarks.plot import scaling_plot
+from benchmarks.report import markdown
+from benchmarks.scaling import by_batch, by_steps
+from benchmarks.targets import targets
+from benchmarks.timer import measure
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository root (this folder's parent)
+# what --write-docs writes: the tracked report, raw results and figure
+DOCS_PATHS = (ROOT / "BENCHMARKS.md", ROOT / "docs" / "bench_results.json",
+              ROOT / "docs" / "bench_scaling.png")
+DEFAULT_OUT = "benchmarks_report.md"  # in the current directory, with its .json and .png
 
 FULL_SHAPES = [(1, 4, 64, 64), (16, 4, 64, 64), (64, 4, 128, 128)]
 QUICK_SHAPES = [(2, 4, 32, 32)]
-# Per-call numbers before this issue's overhead work (median µs, NumPy float64, (2, 3)),
-# measured with refdiff.bench.overhead on this machine at commit 127e2ab.
-OVERHEAD_BEFORE = {"cfg": 8.1, "q_sample": 8.5, "predict_x0_eps": 9.1, "q_posterior": 14.4,
-                   "ddim_step": 13.9, "ddpm_step": 31.3, "ddpm_mean_variance": 19.2,
-                   "ddim_inversion_step": 12.2}
 
 
 def _cpu_model() -> str:
@@ -55,9 +59,10 @@ def _commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
                              capture_output=True, check=True).stdout.strip()
-        # the code that was measured: the package and its metadata, not earlier outputs
+        # the code that was measured: the package, the harness and the metadata, not
+        # earlier outputs
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                "refdiff", "pyproject.toml"],
+                                "refdiff", "benchmarks", "pyproject.toml"],
                                cwd=root, text=True, capture_output=True).stdout.strip()
         return sha + ("+uncommitted changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -102,28 +107,6 @@ def _targets(cuda: bool) -> list[tuple[str, str, str]]:
     return t
 
 
-def stable_allocator() -> bool:
-    """Ask glibc to keep freed blocks on the heap instead of returning them to the system.
-
-    By default glibc serves large blocks (the 0.1–64 MiB arrays here) with mmap and unmaps
-    them on free, so each new temporary page-faults its pages in again, and whether it does
-    depends on glibc's adaptive threshold, i.e. on the allocation history of the process:
-    the same expression measured 3–5× apart in two positions of one run. Raising the mmap
-    and trim thresholds (``mallopt``) makes every implementation reuse warm heap memory, as
-    a long-running sampler does. Process-wide, memory behaviour only; called by the
-    ``refdiff bench`` command, not by :func:`run`. Returns False where glibc is absent.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(
-            libc.mallopt(m_trim_threshold, 2 << 30))
-    except (OSError, AttributeError):
-        return False
-
-
 def _log(msg: str, quiet: bool) -> None:
     if not quiet:
         print(msg, file=sys.stderr, flush=True)
@@ -131,7 +114,7 @@ def _log(msg: str, quiet: bool) -> None:
 
 def run(*, quick: bool = False, shapes=None, compile: bool | None = None,
         use_diffusers: bool = True, cuda: bool = True, rounds: int | None = None,
-        command: str = "refdiff.bench.run()", quiet: bool = True,
+        command: str = "benchmarks.run()", quiet: bool = True,
         torch_threads: int | None = 1) -> dict:
     """Run every benchmark and return the raw results (JSON-ready), with target verdicts.
 
@@ -185,7 +168,6 @@ def _run(*, quick, shapes, compile, use_diffusers, cuda, rounds, command, quiet)
     libs = ("numpy", "torch") if any(lib == "torch" for lib, _, _ in tgts) else ("numpy",)
     res["overhead"] = run_overhead(libs, rounds=3 if quick else 9,
                                    min_sample_s=0.001 if quick else 0.004)
-    res["overhead_before"] = OVERHEAD_BEFORE
     _log("bench: scaling", quiet)
     res["scaling"] = _scaling(quick=quick, cuda=cuda)
     res["targets"] = targets(res)
@@ -308,18 +290,21 @@ def _compile_rows(cell, ops: list[dict], cold: dict) -> list[dict]:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: one line, exit 2, via UsageError
-        raise UsageError(f"{message}; see 'refdiff bench --help'")
+        raise UsageError(f"{message}; see 'python -m benchmarks --help'")
 
 
 def _parse(argv):
-    p = _Parser(prog="refdiff bench", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="one small shape, few rounds, no compilation: a smoke test (seconds)")
-    p.add_argument("--out", default=None, help="markdown report (default BENCHMARKS.md)")
-    p.add_argument("--json", default=None,
-                   help="raw results (default docs/bench_results.json, or next to --out)")
-    p.add_argument("--plot", default=None,
-                   help="scaling figure (default docs/bench_scaling.png, or next to --out)")
+    p.add_argument("--out", default=None,
+                   help=f"markdown report (default ./{DEFAULT_OUT}); the JSON and the figure "
+                        "go next to it unless --json / --plot say otherwise")
+    p.add_argument("--json", default=None, help="raw results (default: next to --out)")
+    p.add_argument("--plot", default=None, help="scaling figure (default: next to --out)")
+    p.add_argument("--write-docs", action="store_true",
+                   help="write the tracked files instead: BENCHMARKS.md, "
+                        "docs/bench_results.json, docs/bench_scaling.png (a full run)")
     p.add_argument("--shapes", default=None,
                    help="semicolon-separated shapes, e.g. '1,4,64,64;16,4,64,64'")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per case")
@@ -347,45 +332,66 @@ def _shapes(text: str | None):
 
 
 def _paths(args) -> tuple[Path, Path, Path]:
-    if args.out is None:
-        out = Path("BENCHMARKS.md")
-        json_p, plot_p = Path("docs/bench_results.json"), Path("docs/bench_scaling.png")
+    """Where the report, the raw results and the figure go; checked before anything runs."""
+    if args.write_docs:
+        given = [f"--{k}" for k in ("out", "json", "plot") if getattr(args, k) is not None]
+        if given:
+            raise UsageError(f"--write-docs writes BENCHMARKS.md and docs/bench_*; drop "
+                             f"{', '.join(given)}")
+        if args.quick:
+            raise UsageError("--write-docs records a full run; drop --quick")
+        out, json_p, plot_p = DOCS_PATHS
     else:
-        out = Path(args.out)
-        json_p, plot_p = out.with_suffix(".json"), out.with_name(out.stem + "_scaling.png")
-    json_p = Path(args.json) if args.json else json_p
-    plot_p = Path(args.plot) if args.plot else plot_p
-    for p in (out, json_p, plot_p):
-        if p.parent and not p.parent.exists():
-            raise UsageError(f"directory {str(p.parent)!r} for {p.name} does not exist")
+        out = Path(args.out or DEFAULT_OUT)
+        json_p = Path(args.json) if args.json else out.with_suffix(".json")
+        plot_p = Path(args.plot) if args.plot else out.with_name(out.stem + "_scaling.png")
     if out.suffix != ".md":
         raise UsageError(f"--out must be a .md file, got {str(out)!r}")
+    for p in (out, json_p, plot_p):
+        if not p.parent.is_dir():
+            raise UsageError(f"directory {str(p.parent)!r} for {p.name} does not exist")
     return out, json_p, plot_p
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _arguments(argv: list[str]):
+    """The parsed arguments, the shapes and the three output paths; UsageError if bad."""
     args = _parse(argv)
     shapes = _shapes(args.shapes)
     if args.rounds is not None and not 3 <= args.rounds <= 1000:
         raise UsageError(f"--rounds must lie in 3..1000, got {args.rounds}")
     if args.torch_threads < 0:
         raise UsageError(f"--torch-threads must be >= 0, got {args.torch_threads}")
-    out, json_p, plot_p = _paths(args)
-    command = " ".join(["refdiff", "bench", *argv])
-    heap = stable_allocator()
-    res = run(quick=args.quick, shapes=shapes, compile=args.compile,
-              use_diffusers=not args.no_diffusers, cuda=not args.no_cuda, rounds=args.rounds,
-              command=command, quiet=args.quiet, torch_threads=args.torch_threads or None)
-    res["stable_allocator"] = heap
+    return args, shapes, _paths(args)
+
+
+def _write(res: dict, out: Path, json_p: Path, plot_p: Path, *, write_docs: bool) -> bool:
+    """Write the figure, the raw results and the report; False if the figure was skipped."""
     written = scaling_plot(res["scaling"], str(plot_p))
-    res["plot"] = str(plot_p) if written else None
+    # the tracked JSON records its figure relative to the repository, not this machine's path
+    shown = plot_p.relative_to(ROOT) if write_docs else plot_p
+    res["plot"] = str(shown) if written else None
     try:
-        res["plot_rel"] = os.path.relpath(plot_p, out.parent or ".")
+        res["plot_rel"] = os.path.relpath(plot_p, out.parent)
     except ValueError:
         res["plot_rel"] = str(plot_p)
     json_p.write_text(json.dumps(res, indent=1, default=float) + "\n")
     out.write_text(markdown(res))
+    return bool(written)
+
+
+def main(argv=None) -> int:
+    """``python -m benchmarks``: 0 on success; a bad argument prints one line and gives 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args, shapes, (out, json_p, plot_p) = _arguments(argv)
+    except UsageError as exc:
+        print(f"python -m benchmarks: {exc}", file=sys.stderr)
+        return 2
+    res = run(quick=args.quick, shapes=shapes, compile=args.compile,
+              use_diffusers=not args.no_diffusers, cuda=not args.no_cuda, rounds=args.rounds,
+              command=" ".join(["python -m benchmarks", *argv]), quiet=args.quiet,
+              torch_threads=args.torch_threads or None)
+    written = _write(res, out, json_p, plot_p, write_docs=args.write_docs)
     for t in res["targets"]:
         verdict = "not measured" if t["met"] is None else ("met" if t["met"] else "NOT MET")
         print(f"{verdict:>12}  {t['target']}: {t['value']}")
