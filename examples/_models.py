@@ -126,7 +126,7 @@ class TrainConfig:
     lr: float = 1e-3
     ema: float = 0.999
     seed: int = 0
-    num_timesteps: int = 1000
+    num_train_timesteps: int = 1000
     p_uncond: float = 0.15
     prediction_type: str = "epsilon"
     weighting: str = "none"
@@ -136,7 +136,7 @@ class TrainConfig:
     depth: int = 3
 
     def schedule(self) -> rd.Schedule:
-        return rd.cosine_schedule(self.num_timesteps)
+        return rd.cosine_schedule(self.num_train_timesteps)
 
 
 def _fit(model: nn.Module, cfg: TrainConfig, loss_fn: Callable[[torch.Generator], torch.Tensor]):
@@ -168,7 +168,7 @@ def _batch(data: Digits, cfg: TrainConfig, gen: torch.Generator):
 
 def _noised(x0: torch.Tensor, cfg: TrainConfig, gen: torch.Generator):
     """(t, ᾱ_t, ε, x_t) for a batch: DDPM Algorithm 1, lines 3–5, through refdiff."""
-    t = rd.sample_timesteps(x0, cfg.num_timesteps, generator=gen)
+    t = rd.sample_timesteps(x0, cfg.num_train_timesteps, generator=gen)
     ab = rd.alpha_bar_at(cfg.schedule(), t)
     noise = torch.randn(x0.shape, generator=gen)
     return t, ab, noise, rd.q_sample(x0, ab, noise)

@@ -64,7 +64,7 @@ DIFFUSERS_CONFIGS = [
 def audit_tutorial(max_examples):
     kw = {"max_examples": max_examples}
     return [check_cfg(tutorial_cfg, **kw), check_ddim_step(tutorial_ddim_step, **kw),
-            check_ddpm_step(tutorial_ddpm_step, variance="fixed_large", **kw),
+            check_ddpm_step(tutorial_ddpm_step, variance_type="fixed_large", **kw),
             check_sampling_loop(tutorial_loop, **kw)]
 
 

@@ -24,7 +24,7 @@ def run(n: int, steps: int, scale: float):
     model = lambda x, t, c: gm.eps(x, sch.alpha_bar(t), c)
     x_T = np.random.default_rng(0).standard_normal((n, 2))
     cg = rd.Guidance(classifier=lambda x, t: None, classifier_scale=scale,
-                     classifier_grad=lambda x, t: gm.grad_log_prob_class(x, sch.alpha_bar(t), y))
+                     grad_log_prob=lambda x, t: gm.grad_log_prob_class(x, sch.alpha_bar(t), y))
     x_cg = rd.sample(model, x_T, sch, num_inference_steps=steps, guidance=cg)
     x_cfg = rd.sample(model, x_T, sch, num_inference_steps=steps,
                       guidance=rd.Guidance(cond=y, scale=scale))

@@ -2,7 +2,8 @@
 
 The math is written once against the Python array API standard and runs unchanged on NumPy,
 torch (CPU and CUDA) and any conforming namespace; the namespace is inferred from the inputs.
-See README.md for the conventions and CONVENTIONS in the docstrings of each module.
+The conventions (timestep indexing, guidance-scale form, last step, names) are stated in
+docs/conventions.md and the README, and in the docstrings of each module.
 """
 
 from refdiff.classifier_free import cfg, cfg_multi, cfg_scale_from_w, guidance_rescale, w_from_cfg_scale
@@ -15,16 +16,16 @@ from refdiff.sampling import Guidance, ddim_invert, sample
 from refdiff.schedules import (SPACINGS, Schedule, cosine_schedule,
                                guided_diffusion_linear_schedule, inference_timesteps,
                                linear_schedule, rescale_zero_terminal_snr, scaled_linear_schedule)
-from refdiff.steps import (VARIANCES, ddim_inversion_step, ddim_sigma, ddim_step,
+from refdiff.steps import (VARIANCE_TYPES, ddim_inversion_step, ddim_sigma, ddim_step,
                            ddpm_mean_variance, ddpm_step)
 from refdiff.training import (alpha_bar_at, cross_entropy, diffusion_loss, drop_condition,
                               label_log_prob, min_snr_weight, noisy_classifier_loss,
                               sample_timesteps, snr)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "PREDICTION_TYPES", "SPACINGS", "VARIANCES", "Guidance", "Schedule", "cfg", "cfg_multi",
+    "PREDICTION_TYPES", "SPACINGS", "VARIANCE_TYPES", "Guidance", "Schedule", "cfg", "cfg_multi",
     "cfg_scale_from_w", "classifier_gradient", "classifier_guided_eps", "classifier_guided_mean",
     "cosine_schedule", "ddim_invert", "ddim_inversion_step", "ddim_sigma", "ddim_step",
     "ddpm_mean_variance", "ddpm_step", "guidance_rescale", "guided_diffusion_linear_schedule",

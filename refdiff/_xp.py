@@ -1,81 +1,113 @@
-"""Array-namespace inference and the per-call checks shared by the math modules.
+"""The checked prologue shared by the public math functions: namespace, arguments, casts.
 
-Every public math function asks its array arguments which library they belong to
-(``array_api_compat.array_namespace``) and on which device they live; nothing here holds
-state. The checks are cheap and metadata-only (library, device, dtype, shape), so they never
-force a GPU synchronisation. Value checks (is ``alpha_bar`` in range?) run on Python floats
-and on arrays that live on the host; on an accelerator they are skipped, because reading a
-device value back would stall the stream.
+Every public function of refdiff opens with these helpers and then calls a private body that
+is only math. The helpers
 
-Per-step scalars such as ``alpha_bar_t`` may be a Python float, a 0-d array or a per-sample
-array of shape ``(B,)``. A Python float stays a Python float (a "weak scalar": it takes the
-dtype of ``x``); an array is reshaped to ``(B, 1, ..., 1)`` so that it broadcasts over the
-non-batch axes of ``x``, and its coefficients are computed in its own dtype and cast to the
-dtype of ``x`` last ("cast late").
+- infer the array namespace from the arrays passed (``array_api_compat.array_namespace``) and
+  check that they share one library and one device (:func:`arrays`, :func:`namespace`);
+- check dtype (real floating, all equal: no silent promotion) and shape (:func:`arrays`);
+- validate per-step scalars such as ``alpha_bar_t`` (:func:`level`) and plain Python options
+  (:func:`number`, :func:`count`, :func:`choice`).
+
+Metadata checks (library, device, dtype, shape) never read values, so they never force a GPU
+synchronisation. Value checks (is ``alpha_bar_t`` in range?) run on Python floats and on arrays
+that live on the host; on an accelerator they are skipped, since reading a device value back
+would stall the stream.
+
+A per-step scalar is a Python float, a 0-d array or a per-sample array of shape ``(B,)``. A
+Python float stays a Python float (a "weak scalar": it takes the dtype of ``x``); an array is
+reshaped to ``(B, 1, ..., 1)`` so that it broadcasts over the non-batch axes of ``x``. The
+bodies compute coefficients from it in float64 (or in the array's own dtype) and cast them to
+the dtype of ``x`` once, with :func:`cast`, on a line of their own ("cast late").
+
+Nothing here holds state but one cache of facts about array *types* (:func:`_type_info`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import array_api_compat as _compat
 
 Scalar = Any  # Python float, 0-d array or (B,) array
 
-# Memoised facts about types, never about values: whether array-api-compat recognises an
-# array type, the namespace of an array type of a known library, whether a dtype is real
-# floating, and that NumPy arrays always live on the host. Each cache maps an immutable key
-# to exactly what the uncached code computes for it (filled on first use, never switched
-# off or reset), so results, checks and error messages are unchanged; only the repeated
-# look-ups go (they were most of the per-call cost on small arrays). Only the libraries
-# below are cached: their answer depends on the type alone. Other array types (third-party
-# namespaces, JAX's value-dependent float0 check) take the uncached path every call.
-_CACHED_ROOTS = frozenset({"numpy", "torch", "array_api_strict"})
-_SCALAR_TYPES = frozenset({int, float, complex, bool, type(None), str})
-_IS_ARRAY: dict[type, bool] = {}
-_NAMESPACE: dict[type, Any] = {}
-_REAL_FLOATING: dict[tuple[Any, Any], bool] = {}
-_ROOT: dict[type, str] = {}
-# array-api-compat's device(x) is x.device for these libraries' arrays (it special-cases
-# only NumPy, Dask, JAX and sparse arrays); reading the attribute skips those type tests.
-_ATTRIBUTE_DEVICE = frozenset({"torch", "array_api_strict"})
+_SCALARS = (int, float, complex, bool, str, bytes, type(None))
+_ANY_REAL = {"lo": -math.inf, "hi": math.inf}
 
 
-def _root(a: Any) -> str:
-    """The top-level package of an array's type: "numpy", "torch", "array_api_strict"."""
+class _TypeInfo(NamedTuple):
+    root: str        # top-level package of the type: "numpy", "torch", "array_api_strict"
+    is_array: bool   # array-api-compat recognises it as an array
+    xp: Any          # its namespace (None until first asked, or when not cacheable)
+
+
+# Facts about an array *type*, never about a value, for the libraries whose answers depend on
+# the type alone. Other types (third-party namespaces; JAX, whose checks are value-dependent)
+# are asked every call. Filled on first use and never reset: results are those of the
+# uncached calls, only the repeated look-ups go (most of the per-call cost on small arrays).
+_CACHEABLE = frozenset({"builtins", "numpy", "torch", "array_api_strict"})
+_TYPES: dict[type, _TypeInfo] = {}
+
+
+def _type_info(a: Any) -> _TypeInfo:
     t = type(a)
-    root = _ROOT.get(t)
-    if root is None:
-        root = _ROOT[t] = t.__module__.split(".")[0]
-    return root
-
-
-def _library(a: Any) -> str:
-    """A short name for the library an array belongs to, for error messages."""
-    return f"{_root(a)}.{type(a).__name__}"
+    info = _TYPES.get(t)
+    if info is None:
+        root = t.__module__.split(".")[0]
+        info = _TypeInfo(root, _compat.is_array_api_obj(a) and not isinstance(a, _SCALARS), None)
+        if root in _CACHEABLE:
+            _TYPES[t] = info
+    return info
 
 
 def is_array(a: Any) -> bool:
     """True for an array of any array-API library (not for Python scalars)."""
-    t = type(a)
-    known = _IS_ARRAY.get(t)
-    if known is not None:
-        return known
-    result = _compat.is_array_api_obj(a) and not isinstance(a, (int, float, complex, bool))
-    if t in _SCALAR_TYPES or t.__module__.split(".")[0] in _CACHED_ROOTS:
-        _IS_ARRAY[t] = result
-    return result
+    return _type_info(a).is_array
+
+
+def _library(a: Any) -> str:
+    """A short name for the library an array belongs to, for error messages."""
+    return f"{_type_info(a).root}.{type(a).__name__}"
+
+
+def device(a: Any):
+    """The device of an array (array-api-compat's ``device``; torch and array-api-strict
+    arrays carry it as ``.device``)."""
+    root = _type_info(a).root
+    return a.device if root in ("torch", "array_api_strict") else _compat.device(a)
+
+
+def on_host(a: Any) -> bool:
+    """True when reading values of ``a`` costs no device synchronisation."""
+    if _type_info(a).root == "numpy":
+        return True
+    kind = getattr(device(a), "type", None)  # torch.device has .type; others are host or fake
+    return kind in (None, "cpu")
+
+
+def _xp_of(first: Any, named: list[tuple[str, Any]]):
+    """The namespace of arrays already known to share one type (cached) or one library."""
+    t = type(first)
+    if all(type(a) is t for _, a in named):
+        info = _TYPES.get(t)
+        if info is not None and info.xp is not None:
+            return info.xp
+        xp = _compat.array_namespace(first)
+        if info is not None:
+            _TYPES[t] = info._replace(xp=xp)
+        return xp
+    return _compat.array_namespace(*(a for _, a in named))
 
 
 def namespace(**arrays: Any):
-    """Return the array namespace shared by the named arrays; check library and device.
+    """The namespace shared by the named arrays, after checking library and device.
 
     Parameters
     ----------
     **arrays
-        The arrays of one call, by argument name. ``None`` values and Python scalars
-        are ignored.
+        The arrays of one call, by argument name. ``None`` values and Python scalars are
+        ignored.
 
     Returns
     -------
@@ -86,156 +118,167 @@ def namespace(**arrays: Any):
     Raises
     ------
     TypeError
-        If two arguments come from different array libraries (both are named).
+        If no argument is an array, or two come from different array libraries (both named).
     ValueError
         If two arguments live on different devices (both are named).
     """
     named = [(k, v) for k, v in arrays.items() if v is not None and is_array(v)]
     if not named:
-        raise TypeError(
-            "expected at least one array argument, got none among "
-            f"{', '.join(arrays) or '()'}; pass arrays, or use the xp= keyword where offered"
-        )
+        raise TypeError("expected at least one array argument, got none among "
+                        f"{', '.join(arrays) or '()'}; pass arrays, or use the xp= keyword "
+                        "where offered")
     first_name, first = named[0]
-    t = type(first)
-    one_type = all(type(a) is t for _, a in named[1:])
-    if not one_type:
-        for name, a in named[1:]:
-            if _root(a) != _root(first):
-                raise TypeError(
-                    f"{first_name} is a {_library(first)} but {name} is a {_library(a)}; "
-                    "refdiff does not mix array libraries in one call: convert one of them"
-                )
-    xp = _NAMESPACE.get(t) if one_type else None
-    if xp is None:
-        xp = _compat.array_namespace(*(a for _, a in named))
-        if one_type and _root(first) in _CACHED_ROOTS:
-            _NAMESPACE[t] = xp
-    if one_type and _root(first) == "numpy":
-        return xp  # NumPy arrays all live on the host device "cpu": nothing to compare
-    dev = device(first)
+    root = _type_info(first).root
     for name, a in named[1:]:
-        if device(a) != dev:
-            raise ValueError(
-                f"{first_name} is on device {dev} but {name} is on device "
-                f"{device(a)}; move them to one device"
-            )
+        if _type_info(a).root != root:
+            raise TypeError(f"{first_name} is a {_library(first)} but {name} is a "
+                            f"{_library(a)}; refdiff does not mix array libraries in one "
+                            "call: convert one of them")
+    xp = _xp_of(first, named)
+    if root != "numpy":  # NumPy arrays all live on the host device "cpu"
+        dev = device(first)
+        for name, a in named[1:]:
+            if device(a) != dev:
+                raise ValueError(f"{first_name} is on device {dev} but {name} is on device "
+                                 f"{device(a)}; move them to one device")
     return xp
 
 
 def check_floating(xp, name: str, a: Any) -> None:
     """Raise TypeError unless ``a`` has a real floating dtype."""
-    key = (xp, a.dtype)
-    try:
-        ok = _REAL_FLOATING[key]
-    except KeyError:
-        ok = _REAL_FLOATING[key] = bool(xp.isdtype(a.dtype, "real floating"))
-    except TypeError:  # an unhashable dtype object: ask every time
-        ok = xp.isdtype(a.dtype, "real floating")
-    if not ok:
+    if not xp.isdtype(a.dtype, "real floating"):
         raise TypeError(f"{name} must have a real floating dtype, got {a.dtype}")
 
 
-def check_same_shape(ref_name: str, ref: Any, **others: Any) -> None:
-    """Raise ValueError unless every array in ``others`` has the shape of ``ref``."""
-    for name, a in others.items():
-        if a is not None and tuple(a.shape) != tuple(ref.shape):
-            raise ValueError(
-                f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, "
-                f"got {tuple(a.shape)}"
-            )
+def arrays(ref_name: str, ref: Any, **others: Any):
+    """Check the array arguments of one call and return their namespace.
 
-
-def check_like(xp, ref_name: str, ref: Any, **others: Any) -> None:
-    """Floating dtype for every array, equal shapes, equal dtypes (no silent promotion)."""
+    One library and one device for all (:func:`namespace`); a real floating dtype for
+    ``ref``; the dtype and shape of ``ref`` for each of ``others`` (:func:`like`; ``None``
+    entries are optional arguments not given). refdiff never promotes dtypes silently.
+    """
+    xp = namespace(**{ref_name: ref}, **others)
     check_floating(xp, ref_name, ref)
+    like(xp, ref_name, ref, **others)
+    return xp
+
+
+def returned(xp, ref_name: str, ref: Any, **results: Any) -> None:
+    """Check arrays returned by a user's callable (a model, a gradient) against ``ref``, an
+    array the caller has already checked: library, device, dtype and shape."""
+    namespace(**{ref_name: ref}, **results)
+    like(xp, ref_name, ref, **results)
+
+
+def like(xp, ref_name: str, ref: Any, **others: Any) -> None:
+    """Each of ``others`` (``None`` skipped) is real floating, with the dtype and shape of ``ref``."""
     for name, a in others.items():
         if a is None:
             continue
         check_floating(xp, name, a)
         if a.dtype != ref.dtype:
-            raise TypeError(
-                f"{name} has dtype {a.dtype} but {ref_name} has dtype {ref.dtype}; "
-                "cast one of them (refdiff never promotes silently)"
-            )
-    check_same_shape(ref_name, ref, **others)
+            raise TypeError(f"{name} has dtype {a.dtype} but {ref_name} has dtype "
+                            f"{ref.dtype}; cast one of them (refdiff never promotes silently)")
+        if tuple(a.shape) != tuple(ref.shape):
+            raise ValueError(f"{name} must have the shape of {ref_name} "
+                             f"{tuple(ref.shape)}, got {tuple(a.shape)}")
 
 
-def on_host(a: Any) -> bool:
-    """True when reading values of ``a`` costs no device synchronisation."""
-    if _root(a) == "numpy":
-        return True
-    dev = device(a)
-    kind = getattr(dev, "type", None)  # torch.device has .type; others are host or fake
-    return kind in (None, "cpu")
+def _range_error(name: str, lo: float, hi: float, lo_open: bool, hi_open: bool, got: Any):
+    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+    return ValueError(f"{name} must lie in {left}{lo:g}, {hi:g}{right}, got {got}")
 
 
-def _check_range(name: str, lo: float, hi: float, lo_open: bool, hi_open: bool, bad: bool,
-                 got: Any) -> None:
-    if bad:
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        raise ValueError(f"{name} must lie in {left}{lo}, {hi}{right}, got {got}")
+def number(name: str, value: Any, *, lo: float = -math.inf, hi: float = math.inf,
+           lo_open: bool = False, hi_open: bool = False, kind: str = "a float") -> float:
+    """A finite Python real number in the given range, as a float.
 
-
-def scalar(xp, name: str, value: Any, x: Any, *, lo: float = 0.0, hi: float = 1.0,
-           lo_open: bool = False, hi_open: bool = False):
-    """Validate a per-step scalar and shape it to broadcast against ``x``.
-
-    A Python number is returned as a Python float (range-checked). A 0-d, ``(B,)`` or
-    ``(B, 1, ..., 1)`` array must match the library and device of ``x``; it is returned
-    as ``(B, 1, ..., 1)`` (or 0-d) in its own floating dtype (range-checked when on the host).
+    Raises TypeError for anything but an int or float (``bool`` included) and ValueError for a
+    non-finite value or one outside the range.
     """
-    if not is_array(value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a float or an array, got {type(value).__name__}")
-        v = float(value)
-        bad = not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo) or (
-            hi_open and v == hi)
-        _check_range(name, lo, hi, lo_open, hi_open, bad, v)
-        return v
-    namespace(x=x, **{name: value})
-    check_floating(xp, name, value)
-    per_sample = x.ndim >= 1 and value.ndim >= 1 and value.shape[0] == x.shape[0]
-    if per_sample and value.ndim == 1:
-        value = xp.reshape(value, (value.shape[0],) + (1,) * (x.ndim - 1))
-    elif per_sample and value.ndim == x.ndim and all(n == 1 for n in value.shape[1:]):
-        pass  # already (B, 1, ..., 1)
-    elif value.ndim != 0:
-        raise ValueError(
-            f"{name} must be a float, a 0-d array or an array of shape (B,) = "
-            f"({x.shape[0] if x.ndim else '?'},), got shape {tuple(value.shape)}"
-        )
-    if on_host(value):
-        low_bad = value <= lo if lo_open else value < lo
-        high_bad = value >= hi if hi_open else value > hi
-        bad = bool(xp.any(low_bad | high_bad | xp.isnan(value)))
-        _check_range(name, lo, hi, lo_open, hi_open, bad, "values outside it")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+        raise _range_error(name, lo, hi, lo_open, hi_open, v)
+    return v
+
+
+def count(name: str, value: Any) -> int:
+    """A positive Python int (``bool`` refused); ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
 
 
-def cast_to(xp, coef: Any, x: Any):
-    """Cast a coefficient computed from a per-step scalar to the dtype of ``x`` (cast late)."""
-    return coef if not is_array(coef) else xp.astype(coef, x.dtype)
+def level(xp, name: str, value: Any, x: Any, *, lo: float = 0.0, hi: float = 1.0,
+          lo_open: bool = False, hi_open: bool = False):
+    """Validate a per-step scalar and shape it to broadcast against ``x``.
+
+    A Python number is returned as a Python float (range-checked). A 0-d, ``(B,)`` or
+    ``(B, 1, ..., 1)`` array must match the library and device of ``x``; it is returned as
+    ``(B, 1, ..., 1)`` (or 0-d) in its own floating dtype, range-checked when on the host.
+    With ``x=None`` an array keeps its shape.
+    """
+    if not is_array(value):
+        return number(name, value, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open,
+                      kind="a float or an array")
+    if x is not None:
+        namespace(x=x, **{name: value})
+    check_floating(xp, name, value)
+    if x is not None:
+        value = _per_sample(xp, name, value, x)
+    if on_host(value):
+        low_bad = value <= lo if lo_open else value < lo
+        high_bad = value >= hi if hi_open else value > hi
+        if bool(xp.any(low_bad | high_bad | xp.isnan(value))):
+            raise _range_error(name, lo, hi, lo_open, hi_open, "values outside it")
+    return value
 
 
-def sqrt(xp, v: Any):
-    """Square root of a Python float (host float64) or of an array."""
-    return math.sqrt(v) if not is_array(v) else xp.sqrt(v)
+def _per_sample(xp, name: str, value: Any, x: Any):
+    """A 0-d array as is; (B,) or (B, 1, ..., 1) as (B, 1, ..., 1) for ``x`` of shape (B, ...)."""
+    per_sample = x.ndim >= 1 and value.ndim >= 1 and value.shape[0] == x.shape[0]
+    if per_sample and value.ndim == 1:
+        return xp.reshape(value, (value.shape[0],) + (1,) * (x.ndim - 1))
+    if per_sample and value.ndim == x.ndim and all(n == 1 for n in value.shape[1:]):
+        return value
+    if value.ndim != 0:
+        raise ValueError(f"{name} must be a float, a 0-d array or an array of shape (B,) = "
+                         f"({x.shape[0] if x.ndim else '?'},), got shape {tuple(value.shape)}")
+    return value
 
 
-def check_order(name_hi: str, hi: Any, name_lo: str, lo: Any, xp) -> None:
+def any_real(xp, name: str, value: Any, x: Any):
+    """:func:`level` for a scale that may take any finite value (CFG's s, CG's s)."""
+    return level(xp, name, value, x, **_ANY_REAL)
+
+
+def check_order(xp, name_hi: str, hi: Any, name_lo: str, lo: Any) -> None:
     """Raise ValueError where ``hi < lo`` (e.g. alpha_bar_prev < alpha_bar_t), host values only."""
     if is_array(hi) or is_array(lo):
-        arrays = [a for a in (hi, lo) if is_array(a)]
-        if not all(on_host(a) for a in arrays):
+        if not all(on_host(a) for a in (hi, lo) if is_array(a)):
             return
-        bad = bool(xp.any(xp.asarray(hi < lo)))
-    else:
-        bad = hi < lo
-    if bad:
-        got = "" if (is_array(hi) or is_array(lo)) else f" ({name_hi}={hi}, {name_lo}={lo})"
-        raise ValueError(f"{name_hi} must be >= {name_lo}{got}")
+        if bool(xp.any(xp.asarray(hi < lo))):
+            raise ValueError(f"{name_hi} must be >= {name_lo}")
+    elif hi < lo:
+        raise ValueError(f"{name_hi} must be >= {name_lo} ({name_hi}={hi}, {name_lo}={lo})")
+
+
+def step_levels(xp, x: Any, alpha_bar_t: Any, alpha_bar_prev: Any):
+    """(ᾱ_t, ᾱ_prev) of a reverse step, validated: ᾱ_t in [0, 1), ᾱ_prev in (0, 1], and
+    ᾱ_prev ≥ ᾱ_t (the step goes to a less noisy level)."""
+    ab_t = level(xp, "alpha_bar_t", alpha_bar_t, x, hi_open=True)
+    ab_prev = level(xp, "alpha_bar_prev", alpha_bar_prev, x, lo_open=True)
+    check_order(xp, "alpha_bar_prev", ab_prev, "alpha_bar_t", ab_t)
+    return ab_t, ab_prev
+
+
+def is_zero(xp, v: Any) -> bool:
+    """True where a host value is 0 (a Python float, or any element of a host array)."""
+    if not is_array(v):
+        return v == 0
+    return on_host(v) and bool(xp.any(v == 0))
 
 
 def choice(name: str, value: Any, valid: tuple[str, ...]) -> str:
@@ -245,11 +288,26 @@ def choice(name: str, value: Any, valid: tuple[str, ...]) -> str:
     return value
 
 
-def device(a: Any):
-    """The device of an array (array-api-compat's ``device``)."""
-    if _root(a) in _ATTRIBUTE_DEVICE:
-        return a.device
-    return _compat.device(a)
+def flag(name: str, value: Any) -> bool:
+    """A Python bool (no truthiness: ``"no"`` is not False)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+# ----- used by the bodies -----------------------------------------------------------------
+
+def cast(xp, x: Any, *coefs: Any) -> tuple:
+    """Coefficients computed from per-step scalars, in the dtype of ``x`` (cast late, once).
+
+    Python floats stay Python floats (weak scalars take the dtype of ``x``); arrays are cast.
+    """
+    return tuple(c if not is_array(c) else xp.astype(c, x.dtype) for c in coefs)
+
+
+def sqrt(xp, v: Any):
+    """Square root of a Python float (host float64) or of an array."""
+    return math.sqrt(v) if not is_array(v) else xp.sqrt(v)
 
 
 def as_array_like(xp, value: Any, like: Any):

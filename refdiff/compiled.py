@@ -20,7 +20,8 @@ What to know before using it:
   ``alpha_bar_t`` or ``alpha_bar_prev`` (TorchDynamo specialises Python floats, because the
   range checks branch on them). A sampler that repeats the same timesteps for every request
   compiles each step once per process; a one-off 50-step run does not pay back.
-  ``refdiff bench`` measures the compile time and the break-even number of calls.
+  The benchmarks (``python -m benchmarks`` in the source tree) measure the compile time and
+  the break-even number of calls.
 - Results equal the eager functions to float32 rounding (Inductor may reassociate or fuse
   multiply-adds); ``tests/test_compiled.py`` checks this against the eager call.
 - Inputs must be torch tensors; anything the eager functions reject is rejected here too

@@ -2,7 +2,8 @@
 
 Symbols: ``scale`` = s, refdiff's CFG scale (ε̃ = ε_u + s·(ε_c − ε_u)); the paper's guidance
 weight is w = s − 1, as in CFG (x̂^w = (1 + w)·x̂_c − w·x̂_u). ``teacher_uncond`` /
-``teacher_cond`` = the teacher's predictions without / with the condition at (x_t, t).
+``eps_uncond`` / ``eps_cond`` = the teacher's predictions without / with the condition at (x_t, t)
+(in any one space: ε, x̂_0 or v).
 
 Stage one of Meng et al. trains a student f_η(x_t, t, c, w) to match the teacher's guided
 prediction at a guidance weight drawn per sample from U[w_min, w_max], with w fed to the
@@ -76,18 +77,26 @@ def sinusoidal_embedding(values: Any, dim: int, *, max_period: float = 10000.0,
     xp = _xp.namespace(values=values)
     if values.ndim != 1:
         raise ValueError(f"values must have shape (B,), got {tuple(values.shape)}")
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2 or dim % 2:
-        raise ValueError(f"dim must be an even int >= 2, got {dim!r}")
-    if not (isinstance(max_period, (int, float)) and 0 < max_period < math.inf):
-        raise ValueError(f"max_period must be a positive finite float, got {max_period!r}")
+    _check_embedding(dim, max_period)
     floating = xp.isdtype(values.dtype, "real floating")
     if not floating and not xp.isdtype(values.dtype, "integral"):
         raise TypeError(f"values must be real (integer or floating), got {values.dtype}")
     out_dtype = dtype if dtype is not None else (values.dtype if floating else xp.float64)
+    return _sinusoidal_embedding(xp, values, dim, float(max_period), out_dtype)
+
+
+def _check_embedding(dim: Any, max_period: Any) -> None:
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2 or dim % 2:
+        raise ValueError(f"dim must be an even int >= 2, got {dim!r}")
+    if not (isinstance(max_period, (int, float)) and 0 < max_period < math.inf):
+        raise ValueError(f"max_period must be a positive finite float, got {max_period!r}")
+
+
+def _sinusoidal_embedding(xp, values: Any, dim: int, max_period: float, out_dtype: Any):
     half = dim // 2
     k = xp.arange(half, dtype=xp.float64, device=_xp.device(values))
-    omega = xp.exp(k * (-math.log(max_period) / half))
-    args = xp.expand_dims(xp.astype(values, xp.float64), axis=-1) * omega  # (B, half)
+    omega = xp.exp(k * (-math.log(max_period) / half))             # ω_k = P^(−k/h)
+    args = xp.expand_dims(xp.astype(values, xp.float64), axis=-1) * omega  # ω_k·v, (B, half)
     return xp.astype(xp.concat([xp.sin(args), xp.cos(args)], axis=-1), out_dtype)
 
 
@@ -116,8 +125,13 @@ def guidance_scale_embedding(scale: Any, dim: int, *,
     """
     xp = _xp.namespace(scale=scale)
     _xp.check_floating(xp, "scale", scale)
-    w = scale - 1.0
-    return sinusoidal_embedding(w * float(multiplier), dim, max_period=max_period, dtype=dtype)
+    if scale.ndim != 1:
+        raise ValueError(f"scale must have shape (B,), got {tuple(scale.shape)}")
+    _check_embedding(dim, max_period)
+    multiplier = _xp.number("multiplier", multiplier)
+    w = scale - 1.0                                                 # GD §4.1: w = s − 1
+    out_dtype = scale.dtype if dtype is None else dtype
+    return _sinusoidal_embedding(xp, w * multiplier, dim, float(max_period), out_dtype)
 
 
 def sample_guidance_scales(x0: Any, scale_min: float, scale_max: float, *, generator: Any):
@@ -144,9 +158,11 @@ def sample_guidance_scales(x0: Any, scale_min: float, scale_max: float, *, gener
     from refdiff.training import _backend_generator, _batch_size
 
     xp = _xp.namespace(x0=x0)
-    lo = _xp.scalar(xp, "scale_min", scale_min, x0, lo=-math.inf, hi=math.inf)
-    hi = _xp.scalar(xp, "scale_max", scale_max, x0, lo=-math.inf, hi=math.inf)
-    if _xp.is_array(lo) or _xp.is_array(hi) or hi < lo:
+    if _xp.is_array(scale_min) or _xp.is_array(scale_max):
+        raise ValueError(f"scale_min and scale_max must be floats, got {scale_min!r} and "
+                         f"{scale_max!r}")
+    lo, hi = _xp.number("scale_min", scale_min), _xp.number("scale_max", scale_max)
+    if hi < lo:
         raise ValueError(f"scale_min and scale_max must be floats with scale_min <= scale_max, "
                          f"got {scale_min!r} and {scale_max!r}")
     backend, gen = _backend_generator(x0, generator)
@@ -155,7 +171,7 @@ def sample_guidance_scales(x0: Any, scale_min: float, scale_max: float, *, gener
     return lo + (hi - lo) * u
 
 
-def guidance_distillation_target(teacher_uncond: Any, teacher_cond: Any, scale: Any):
+def guidance_distillation_target(eps_uncond: Any, eps_cond: Any, scale: Any):
     """The stage-one target: the teacher's CFG prediction at the student's scale.
 
     .. math:: y = f_u + s\\,(f_c − f_u) = (1 + w)\\,f_c − w\\,f_u,\\quad w = s − 1
@@ -166,17 +182,17 @@ def guidance_distillation_target(teacher_uncond: Any, teacher_cond: Any, scale: 
 
     Parameters
     ----------
-    teacher_uncond, teacher_cond : arrays, shape (B, ...)
+    eps_uncond, eps_cond : arrays, shape (B, ...)
         The teacher at (x_t, t) with ∅ and with c; computed without gradient.
     scale : float or array, shape () or (B,)
         s per sample, e.g. from :func:`sample_guidance_scales`.
 
     Returns
     -------
-    array, shape, dtype and device of ``teacher_cond``
+    array, shape, dtype and device of ``eps_uncond``
 
     References
     ----------
     GD, arXiv:2210.03142v3, §4.1; CFG, arXiv:2207.12598v1, Eq. 6.
     """
-    return cfg(teacher_uncond, teacher_cond, scale)
+    return cfg(eps_uncond, eps_cond, scale)

@@ -1,11 +1,17 @@
 """Forward noising q(x_t | x_0), its posterior, and the three parameterisations.
 
-Symbols: ``x0`` = x_0, ``x_t`` = x_t, ``eps`` = ε, ``alpha_bar_t`` = ᾱ_t,
-``alpha_bar_prev`` = ᾱ_prev (the ᾱ of the level the step goes to; on a respaced chain it is
-not ᾱ_{t−1}), β' = 1 − ᾱ_t/ᾱ_prev (the effective β of one respaced step), v = √ᾱ·ε − √(1−ᾱ)·x_0.
+Symbols: ``x0`` = x_0 (data), ``x0_hat`` = x̂_0 (a prediction of it), ``x_t`` = x_t,
+``eps`` = ε (the noise of the forward process, or its prediction ε̂), ``alpha_bar_t`` = ᾱ_t,
+``alpha_bar_prev`` = ᾱ_prev (the ᾱ of the level a step goes to; on a respaced chain it is not
+ᾱ_{t−1}), β' = 1 − ᾱ_t/ᾱ_prev (the effective β of one respaced step),
+v = √ᾱ·ε − √(1−ᾱ)·x_0.
 
 Every ᾱ argument is a Python float, a 0-d array or a per-sample array of shape (B,); see
 :mod:`refdiff._xp`. Outputs keep the dtype and device of the arrays passed.
+
+Each public function checks its arguments once and calls a private body of the same name
+with a leading underscore; the bodies are only math and are shared with the steps and the
+sampling loop.
 
 References
 ----------
@@ -20,18 +26,69 @@ from __future__ import annotations
 from typing import Any
 
 from refdiff import _xp
+from refdiff._xp import cast, sqrt
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+# The ᾱ_t each parameterisation can be inverted at: ε needs √ᾱ > 0, x_0 needs √(1 − ᾱ) > 0.
+_ALPHA_BAR_BOUNDS = {"epsilon": {"lo_open": True}, "sample": {"hi_open": True},
+                     "v_prediction": {}}
 
 
-def _coefs(xp, x: Any, alpha_bar: Any, name: str, **bounds: Any):
-    """(√ᾱ, √(1−ᾱ)) as Python floats or as arrays in the dtype of ``x`` (computed first in
-    the dtype of ᾱ: 1 − ᾱ is never formed in a low-precision float)."""
-    ab = _xp.scalar(xp, name, alpha_bar, x, **bounds)
-    return (_xp.cast_to(xp, _xp.sqrt(xp, ab), x), _xp.cast_to(xp, _xp.sqrt(xp, 1.0 - ab), x))
+# ----- bodies: math only ------------------------------------------------------------------
+
+def _q_sample(xp, x0: Any, ab: Any, eps: Any):
+    a, b = cast(xp, x0, sqrt(xp, ab), sqrt(xp, 1.0 - ab))
+    return a * x0 + b * eps                                         # DDPM Eq. 4
 
 
-def q_sample(x0: Any, alpha_bar_t: Any, noise: Any):
+def _x0_from_eps(xp, x_t: Any, eps: Any, ab: Any):
+    a, b = cast(xp, x_t, sqrt(xp, ab), sqrt(xp, 1.0 - ab))
+    return (x_t - b * eps) / a                                      # DDPM Eq. 15
+
+
+def _eps_from_x0(xp, x_t: Any, x0_hat: Any, ab: Any):
+    a, b = cast(xp, x_t, sqrt(xp, ab), sqrt(xp, 1.0 - ab))
+    return (x_t - a * x0_hat) / b                                   # DDPM Eq. 4 solved for ε
+
+
+def _predict_x0_eps(xp, x_t: Any, model_output: Any, ab: Any, prediction_type: str):
+    if prediction_type == "epsilon":
+        return _x0_from_eps(xp, x_t, model_output, ab), model_output
+    if prediction_type == "sample":
+        return model_output, _eps_from_x0(xp, x_t, model_output, ab)
+    a, b = cast(xp, x_t, sqrt(xp, ab), sqrt(xp, 1.0 - ab))
+    return a * x_t - b * model_output, b * x_t + a * model_output   # V, Appendix D
+
+
+def _v_target(xp, x0: Any, eps: Any, ab: Any):
+    a, b = cast(xp, x0, sqrt(xp, ab), sqrt(xp, 1.0 - ab))
+    return a * eps - b * x0                                         # V §4: v = √ᾱ·ε − √(1−ᾱ)·x_0
+
+
+def _prediction_from_x0_eps(xp, x0: Any, eps: Any, ab: Any, prediction_type: str):
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "sample":
+        return x0
+    return _v_target(xp, x0, eps, ab)
+
+
+def _posterior_coefficients(xp, ab_t: Any, ab_prev: Any):
+    beta_step = 1.0 - ab_t / ab_prev                                # β' of the respaced step
+    c0 = sqrt(xp, ab_prev) * beta_step / (1.0 - ab_t)               # DDPM Eq. 7, coefficient of x_0
+    ct = sqrt(xp, 1.0 - beta_step) * (1.0 - ab_prev) / (1.0 - ab_t)  # DDPM Eq. 7, of x_t
+    beta_tilde = (1.0 - ab_prev) / (1.0 - ab_t) * beta_step         # DDPM Eq. 7, β̃
+    return c0, ct, beta_tilde, beta_step
+
+
+def _posterior_mean(xp, x0: Any, x_t: Any, c0: Any, ct: Any):
+    c0, ct = cast(xp, x_t, c0, ct)
+    return c0 * x0 + ct * x_t                                       # DDPM Eq. 7, μ̃
+
+
+# ----- public functions: check once, then the body ----------------------------------------
+
+def q_sample(x0: Any, alpha_bar_t: Any, eps: Any):
     """Draw x_t from q(x_t | x_0) given the noise.
 
     .. math:: x_t = \\sqrt{\\bar α_t}\\,x_0 + \\sqrt{1 − \\bar α_t}\\,ε
@@ -42,7 +99,7 @@ def q_sample(x0: Any, alpha_bar_t: Any, noise: Any):
         Clean data.
     alpha_bar_t : float or array, shape () or (B,)
         ᾱ_t in [0, 1].
-    noise : array, shape of ``x0``
+    eps : array, shape of ``x0``
         ε ~ N(0, I), drawn by the caller.
 
     Returns
@@ -59,10 +116,9 @@ def q_sample(x0: Any, alpha_bar_t: Any, noise: Any):
     >>> q_sample(np.ones(2), 0.25, np.zeros(2))
     array([0.5, 0.5])
     """
-    xp = _xp.namespace(x0=x0, noise=noise)
-    _xp.check_like(xp, "x0", x0, noise=noise)
-    a, b = _coefs(xp, x0, alpha_bar_t, "alpha_bar_t")
-    return a * x0 + b * noise
+    xp = _xp.arrays("x0", x0, eps=eps)
+    ab = _xp.level(xp, "alpha_bar_t", alpha_bar_t, x0)
+    return _q_sample(xp, x0, ab, eps)
 
 
 def predict_x0_eps(x_t: Any, model_output: Any, alpha_bar_t: Any,
@@ -85,22 +141,16 @@ def predict_x0_eps(x_t: Any, model_output: Any, alpha_bar_t: Any,
 
     Returns
     -------
-    x0, eps : arrays, shape, dtype and device of ``x_t``
+    x0_hat, eps : arrays, shape, dtype and device of ``x_t``
 
     References
     ----------
     DDPM, arXiv:2006.11239v2, Eq. 15; V, arXiv:2202.00512v2, §4 and Appendix D.
     """
-    xp = _xp.namespace(x_t=x_t, model_output=model_output)
-    _xp.check_like(xp, "x_t", x_t, model_output=model_output)
+    xp = _xp.arrays("x_t", x_t, model_output=model_output)
     _xp.choice("prediction_type", prediction_type, PREDICTION_TYPES)
-    bounds = {"epsilon": {"lo_open": True}, "sample": {"hi_open": True}}.get(prediction_type, {})
-    a, b = _coefs(xp, x_t, alpha_bar_t, "alpha_bar_t", **bounds)
-    if prediction_type == "epsilon":
-        return (x_t - b * model_output) / a, model_output
-    if prediction_type == "sample":
-        return model_output, (x_t - a * model_output) / b
-    return a * x_t - b * model_output, b * x_t + a * model_output
+    ab = _xp.level(xp, "alpha_bar_t", alpha_bar_t, x_t, **_ALPHA_BAR_BOUNDS[prediction_type])
+    return _predict_x0_eps(xp, x_t, model_output, ab, prediction_type)
 
 
 def prediction_from_x0_eps(x0: Any, eps: Any, alpha_bar_t: Any,
@@ -108,34 +158,49 @@ def prediction_from_x0_eps(x0: Any, eps: Any, alpha_bar_t: Any,
     """The training target of a parameterisation, from (x_0, ε): the inverse of
     :func:`predict_x0_eps` (given x_t = √ᾱ·x_0 + √(1−ᾱ)·ε).
 
-    ``"epsilon"`` returns ε, ``"sample"`` returns x_0, ``"v_prediction"`` returns
-    v = √ᾱ·ε − √(1−ᾱ)·x_0.
+    Parameters
+    ----------
+    x0, eps : arrays, shape (B, ...)
+    alpha_bar_t : float or array, shape () or (B,)
+        ᾱ_t in [0, 1] (used by ``"v_prediction"`` only, checked for every type).
+    prediction_type : {"epsilon", "sample", "v_prediction"}
+
+    Returns
+    -------
+    array, shape, dtype and device of ``x0``
+        ε for ``"epsilon"``, x_0 for ``"sample"``, v = √ᾱ·ε − √(1−ᾱ)·x_0 for
+        ``"v_prediction"``.
 
     References
     ----------
     V, arXiv:2202.00512v2, §4 (definition of v).
     """
-    xp = _xp.namespace(x0=x0, eps=eps)
-    _xp.check_like(xp, "x0", x0, eps=eps)
+    xp = _xp.arrays("x0", x0, eps=eps)
     _xp.choice("prediction_type", prediction_type, PREDICTION_TYPES)
-    if prediction_type == "epsilon":
-        return eps
-    if prediction_type == "sample":
-        return x0
-    return v_target(x0, eps, alpha_bar_t)
+    ab = _xp.level(xp, "alpha_bar_t", alpha_bar_t, x0)
+    return _prediction_from_x0_eps(xp, x0, eps, ab, prediction_type)
 
 
 def v_target(x0: Any, eps: Any, alpha_bar_t: Any):
     """The v-prediction target v = √ᾱ_t·ε − √(1−ᾱ_t)·x_0.
 
+    Parameters
+    ----------
+    x0, eps : arrays, shape (B, ...)
+    alpha_bar_t : float or array, shape () or (B,)
+        ᾱ_t in [0, 1].
+
+    Returns
+    -------
+    v : array, shape, dtype and device of ``x0``
+
     References
     ----------
     V, arXiv:2202.00512v2, §4.
     """
-    xp = _xp.namespace(x0=x0, eps=eps)
-    _xp.check_like(xp, "x0", x0, eps=eps)
-    a, b = _coefs(xp, x0, alpha_bar_t, "alpha_bar_t")
-    return a * eps - b * x0
+    xp = _xp.arrays("x0", x0, eps=eps)
+    ab = _xp.level(xp, "alpha_bar_t", alpha_bar_t, x0)
+    return _v_target(xp, x0, eps, ab)
 
 
 def posterior_coefficients(alpha_bar_t: Any, alpha_bar_prev: Any, *, like: Any = None):
@@ -155,23 +220,18 @@ def posterior_coefficients(alpha_bar_t: Any, alpha_bar_prev: Any, *, like: Any =
 
     Returns
     -------
-    Python floats for float ᾱ, else arrays in the dtype of ᾱ (not yet cast to ``like``).
+    c0, ct, variance, beta_step
+        Python floats for float ᾱ, else arrays in the dtype of ᾱ (not yet cast to ``like``).
 
     References
     ----------
     DDPM, arXiv:2006.11239v2, Eq. 7, with ᾱ_{t−1} replaced by ᾱ_prev and β_t by β'.
     """
-    arrays = [a for a in (like, alpha_bar_t, alpha_bar_prev) if _xp.is_array(a)]
-    like = arrays[0] if arrays else None
-    xp = _xp.namespace(like=like) if arrays else None
-    ab_t = _xp.scalar(xp, "alpha_bar_t", alpha_bar_t, like, hi_open=True)
-    ab_prev = _xp.scalar(xp, "alpha_bar_prev", alpha_bar_prev, like, lo_open=True)
-    _xp.check_order("alpha_bar_prev", ab_prev, "alpha_bar_t", ab_t, xp)
-    beta_step = 1.0 - ab_t / ab_prev
-    c0 = _xp.sqrt(xp, ab_prev) * beta_step / (1.0 - ab_t)
-    ct = _xp.sqrt(xp, 1.0 - beta_step) * (1.0 - ab_prev) / (1.0 - ab_t)
-    variance = (1.0 - ab_prev) / (1.0 - ab_t) * beta_step
-    return c0, ct, variance, beta_step
+    given = [a for a in (like, alpha_bar_t, alpha_bar_prev) if _xp.is_array(a)]
+    xp = _xp.namespace(like=given[0]) if given else None
+    ab_t, ab_prev = _xp.step_levels(xp, given[0] if given else None, alpha_bar_t,
+                                    alpha_bar_prev)
+    return _posterior_coefficients(xp, ab_t, ab_prev)
 
 
 def q_posterior(x0: Any, x_t: Any, alpha_bar_t: Any, alpha_bar_prev: Any):
@@ -211,8 +271,7 @@ def q_posterior(x0: Any, x_t: Any, alpha_bar_t: Any, alpha_bar_prev: Any):
     >>> mean, float(var)
     (array([0.]), 0.0)
     """
-    xp = _xp.namespace(x0=x0, x_t=x_t)
-    _xp.check_like(xp, "x_t", x_t, x0=x0)
-    c0, ct, variance, _ = posterior_coefficients(alpha_bar_t, alpha_bar_prev, like=x_t)
-    mean = _xp.cast_to(xp, c0, x_t) * x0 + _xp.cast_to(xp, ct, x_t) * x_t
-    return mean, _xp.as_array_like(xp, variance, x_t)
+    xp = _xp.arrays("x_t", x_t, x0=x0)
+    ab_t, ab_prev = _xp.step_levels(xp, x_t, alpha_bar_t, alpha_bar_prev)
+    c0, ct, beta_tilde, _ = _posterior_coefficients(xp, ab_t, ab_prev)
+    return _posterior_mean(xp, x0, x_t, c0, ct), _xp.as_array_like(xp, beta_tilde, x_t)

@@ -16,7 +16,7 @@ array-API rules of the math: the parameters are moved to the namespace, device a
 ``x_t``; log-sum-exp keeps large ‖x_t‖ finite.
 
 Symbols: ``weights`` = π_k, ``means`` = μ_k, ``covariances`` = Σ_k, ``labels`` = y_k,
-``alpha_bar`` = ᾱ (a float, or a (B,) array).
+``alpha_bar_t`` = ᾱ_t (a float, or a (B,) array).
 
 References
 ----------
@@ -124,21 +124,25 @@ class GaussianMixture:
         """1 + the largest label."""
         return int(max(int(v) for v in self.labels)) + 1
 
-    # ----- evaluation ---------------------------------------------------------------------
+    # ----- evaluation: a checked prologue, then the closed forms ----------------------------
+    def _inputs(self, x_t: Any, alpha_bar_t: Any):
+        """Namespace, ᾱ cast to the dtype of x_t (a float or (B, 1, 1)) and √ᾱ, checked."""
+        xp = _xp.namespace(x_t=x_t)
+        _xp.check_floating(xp, "x_t", x_t)
+        if x_t.ndim != 2 or x_t.shape[1] != self.dim:
+            raise ValueError(f"x_t must have shape (B, {self.dim}), got {tuple(x_t.shape)}")
+        (ab,) = _xp.cast(xp, x_t, _xp.level(xp, "alpha_bar_t", alpha_bar_t, x_t))
+        return xp, ab
+
     def _params(self, xp, x):
         """The parameters in the namespace, device and dtype of ``x``."""
         dev = array_api_compat.device(x)
         return [xp.asarray(p, dtype=x.dtype, device=dev) for p in
                 (self.weights, self.means, self.eigvals, self.eigvecs)]
 
-    def _components(self, x_t: Any, alpha_bar: Any, y: Any):
+    def _components(self, xp, x_t: Any, ab: Any, mask: Any):
         """Per-component log joint (B, K), score (B, K, d) and E[x_0 | x_t, k] (B, K, d)."""
-        xp = _xp.namespace(x_t=x_t)
-        _xp.check_floating(xp, "x_t", x_t)
-        if x_t.ndim != 2 or x_t.shape[1] != self.dim:
-            raise ValueError(f"x_t must have shape (B, {self.dim}), got {tuple(x_t.shape)}")
         w, mu, lam, U = self._params(xp, x_t)
-        ab = _xp.cast_to(xp, _xp.scalar(xp, "alpha_bar", alpha_bar, x_t), x_t)
         ab3 = xp.reshape(ab, (-1, 1, 1)) if _xp.is_array(ab) else ab  # (B, 1, 1) or float
         diff = x_t[:, None, :] - _xp.sqrt(xp, ab3) * mu[None, :, :]         # (B, K, d)
         proj = xp.matmul(diff[:, :, None, :], U)[:, :, 0, :]                  # Uᵀ(x − m), (B, K, d)
@@ -148,12 +152,14 @@ class GaussianMixture:
         Ut = xp.matrix_transpose(U)
         score = -xp.matmul((proj / c)[:, :, None, :], Ut)[:, :, 0, :]         # −C⁻¹(x − m)
         post = mu + _xp.sqrt(xp, ab3) * xp.matmul((proj * lam / c)[:, :, None, :], Ut)[:, :, 0, :]
-        if y is not None:
-            log_joint = xp.where(self._mask(xp, x_t, y), log_joint, -math.inf)
-        return xp, log_joint, score, post
+        if mask is not None:
+            log_joint = xp.where(mask, log_joint, -math.inf)
+        return log_joint, score, post
 
     def _mask(self, xp, x_t: Any, y: Any):
-        """(B, K) or (1, K) boolean: component k carries label y[b]."""
+        """None for ``y=None``, else (B, K) or (1, K) boolean: component k carries label y[b]."""
+        if y is None:
+            return None
         labels = xp.asarray(self.labels, device=array_api_compat.device(x_t))
         if _xp.is_array(y):
             _xp.namespace(x_t=x_t, y=y)
@@ -171,38 +177,47 @@ class GaussianMixture:
         total = xp.sum(e, axis=1, keepdims=True)
         return e / total, m[:, 0] + xp.log(total[:, 0])  # responsibilities, logsumexp
 
-    def score(self, x_t: Any, alpha_bar: Any, y: Any = None):
+    def _score(self, xp, x_t: Any, ab: Any, mask: Any):
+        lj, score, _ = self._components(xp, x_t, ab, mask)
+        r, _ = self._softmax(xp, lj)
+        return xp.sum(r[:, :, None] * score, axis=1)                          # Σ_k r_k·score_k
+
+    def score(self, x_t: Any, alpha_bar_t: Any, y: Any = None):
         """∇ log p(x_t) (``y=None``) or ∇ log p(x_t | y), shape (B, d)."""
-        xp, lj, score, _ = self._components(x_t, alpha_bar, y)
-        r, _ = self._softmax(xp, lj)
-        return xp.sum(r[:, :, None] * score, axis=1)
+        xp, ab = self._inputs(x_t, alpha_bar_t)
+        return self._score(xp, x_t, ab, self._mask(xp, x_t, y))
 
-    def x0_eps(self, x_t: Any, alpha_bar: Any, y: Any = None):
+    def x0_eps(self, x_t: Any, alpha_bar_t: Any, y: Any = None):
         """Exact (x̂_0, ε̂) = (E[x_0 | x_t], E[ε | x_t]) of the marginal or of class y."""
-        xp, lj, score, post = self._components(x_t, alpha_bar, y)
+        xp, ab = self._inputs(x_t, alpha_bar_t)
+        lj, score, post = self._components(xp, x_t, ab, self._mask(xp, x_t, y))
         r, _ = self._softmax(xp, lj)
-        ab = _xp.cast_to(xp, _xp.scalar(xp, "alpha_bar", alpha_bar, x_t), x_t)
         score = xp.sum(r[:, :, None] * score, axis=1)
-        return xp.sum(r[:, :, None] * post, axis=1), -_xp.sqrt(xp, 1.0 - ab) * score
+        return xp.sum(r[:, :, None] * post, axis=1), -_xp.sqrt(xp, 1.0 - ab) * score  # ε = −√(1−ᾱ)·score
 
-    def eps(self, x_t: Any, alpha_bar: Any, y: Any = None):
+    def eps(self, x_t: Any, alpha_bar_t: Any, y: Any = None):
         """Exact ε̂ = −√(1−ᾱ)·∇ log p(x_t [| y]), shape (B, d)."""
-        return self.x0_eps(x_t, alpha_bar, y)[1]
+        return self.x0_eps(x_t, alpha_bar_t, y)[1]
 
-    def log_prob(self, x_t: Any, alpha_bar: Any, y: Any = None):
+    def log_prob(self, x_t: Any, alpha_bar_t: Any, y: Any = None):
         """log p(x_t) or log p(x_t, y) (joint with the class), shape (B,)."""
-        xp, lj, _, _ = self._components(x_t, alpha_bar, y)
+        xp, ab = self._inputs(x_t, alpha_bar_t)
+        lj, _, _ = self._components(xp, x_t, ab, self._mask(xp, x_t, y))
         return self._softmax(xp, lj)[1]
 
-    def log_prob_class(self, x_t: Any, alpha_bar: Any, y: Any):
+    def log_prob_class(self, x_t: Any, alpha_bar_t: Any, y: Any):
         """The exact noisy classifier log p(y | x_t), shape (B,)."""
-        xp, lj, _, _ = self._components(x_t, alpha_bar, None)
-        masked = xp.where(self._mask(xp, x_t, y), lj, -math.inf)
+        xp, ab = self._inputs(x_t, alpha_bar_t)
+        mask = self._mask(xp, x_t, y)
+        lj, _, _ = self._components(xp, x_t, ab, None)
+        masked = xp.where(mask, lj, -math.inf)
         return self._softmax(xp, masked)[1] - self._softmax(xp, lj)[1]
 
-    def grad_log_prob_class(self, x_t: Any, alpha_bar: Any, y: Any):
+    def grad_log_prob_class(self, x_t: Any, alpha_bar_t: Any, y: Any):
         """∇_{x_t} log p(y | x_t) = ∇ log p(x_t | y) − ∇ log p(x_t), shape (B, d)."""
-        return self.score(x_t, alpha_bar, y) - self.score(x_t, alpha_bar)
+        xp, ab = self._inputs(x_t, alpha_bar_t)
+        mask = self._mask(xp, x_t, y)
+        return self._score(xp, x_t, ab, mask) - self._score(xp, x_t, ab, None)
 
     # ----- exact samplers -----------------------------------------------------------------
     def sample(self, n: int, *, generator: Any = None, backend: str = "numpy", dtype: Any = None,
@@ -234,17 +249,17 @@ class GaussianMixture:
         labels = xp.take(xp.asarray(self.labels, device=device), k, axis=0)
         return xp.astype(x0, dtype), labels
 
-    def sample_noisy(self, n: int, alpha_bar: float, *, generator: Any = None,
+    def sample_noisy(self, n: int, alpha_bar_t: float, *, generator: Any = None,
                      backend: str = "numpy", dtype: Any = None, device: Any = None):
-        """Exact draws from q(x_t) at ``alpha_bar`` (x_0 from :meth:`sample`, then noise)."""
+        """Exact draws from q(x_t) at ``alpha_bar_t`` (x_0 from :meth:`sample`, then noise)."""
         from refdiff.backends import get_backend
         from refdiff.forward import q_sample
 
         b = get_backend(backend)
         gen = b.generator(generator, device)
         x0, labels = self.sample(n, generator=gen, backend=backend, dtype=dtype, device=device)
-        noise = b.normal(tuple(x0.shape), dtype=x0.dtype, device=device, generator=gen)
-        return q_sample(x0, alpha_bar, noise), labels
+        eps = b.normal(tuple(x0.shape), dtype=x0.dtype, device=device, generator=gen)
+        return q_sample(x0, alpha_bar_t, eps), labels
 
 
 def demo_mixture(num_classes: int = 3, radius: float = 2.0, spread: float = 0.25) -> GaussianMixture:

@@ -18,6 +18,11 @@ Conventions (see the README table):
 - Classifier guidance takes ∇ log p(y | x_t) at x_t with the training timestep t; DDIM uses
   CG Algorithm 2 (shift ε̂), DDPM uses CG Algorithm 1 (shift the mean by s·Σ·g).
 
+Every argument is checked once, before the first model evaluation (:func:`_checked_run`):
+the options, the timesteps, the guidance settings, and η against every step of the list.
+The loop then calls the private bodies of the steps, checking only what the model (and the
+classifier gradient) return.
+
 References
 ----------
 .. [DDPM] arXiv:2006.11239v2, Algorithm 2.   .. [DDIM] arXiv:2010.02502v4, Eq. 12.
@@ -28,14 +33,16 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from refdiff import _xp
-from refdiff.classifier_free import cfg, guidance_rescale
-from refdiff.classifier_guidance import classifier_gradient, classifier_guided_eps, classifier_guided_mean
-from refdiff.forward import PREDICTION_TYPES, predict_x0_eps, prediction_from_x0_eps
+from refdiff.classifier_free import _cfg, _guidance_rescale
+from refdiff.classifier_guidance import (_classifier_gradient, _classifier_guided_eps,
+                                         _classifier_guided_mean)
+from refdiff.forward import PREDICTION_TYPES, _predict_x0_eps, _prediction_from_x0_eps
 from refdiff.schedules import Schedule, inference_timesteps
-from refdiff.steps import ddim_inversion_step, ddim_step, ddpm_mean_variance
+from refdiff.steps import (VARIANCE_TYPES, _check_eta, _clip_bound, _ddim_inversion_step,
+                           _ddim_step, _ddpm_mean_variance)
 
 SAMPLERS = ("ddim", "ddpm")
 FINAL_ALPHA_BARS = ("one", "alpha_bar_0")
@@ -57,36 +64,131 @@ class Guidance:
         Guidance-rescale φ (0 = off). ``rescale_space``: the space it acts in (None = the
         model's output space).
     classifier : callable, optional
-        ``classifier(x_t, t) -> (B,)`` log p(y | x_t); ``classifier_grad(x_t, t)`` gives an
-        analytic gradient instead of autograd. ``classifier_scale`` is s of CG.
+        ``classifier(x_t, t) -> (B,)`` log p(y | x_t); ``grad_log_prob(x_t, t)`` gives an
+        analytic gradient ∇ log p(y | x_t) instead of autograd. ``classifier_scale`` is s
+        of CG.
     """
 
     cond: Any = None
     uncond: Any = None
-    scale: float = 1.0
+    scale: Any = 1.0
     rescale: float = 0.0
     rescale_space: str | None = None
     classifier: Callable[[Any, int], Any] | None = None
-    classifier_grad: Callable[[Any, int], Any] | None = None
+    grad_log_prob: Callable[[Any, int], Any] | None = None
     classifier_scale: float = 0.0
 
 
-def _model_x0_eps(model, x, t: int, ab_t: float, g: Guidance, prediction_type: str):
+class _Run(NamedTuple):
+    """The checked settings of one call of :func:`sample`."""
+
+    xp: Any
+    sampler: str
+    prediction_type: str
+    scale: Any               # CFG s: a float, or (B, 1, ..., 1)
+    rescale: float
+    rescale_space: str
+    classifier_scale: Any    # CG s: a float, or (B, 1, ..., 1)
+    eta: float
+    variance_type: str
+    clip_x0: float | None
+    rederive_eps: bool
+    levels: list[tuple[int, float, float]]  # (t, ᾱ_t, ᾱ_prev) of every step
+
+
+# ----- the loop body: one step, math only -------------------------------------------------
+
+def _model_x0_eps(run: _Run, model, g: Guidance, x, t: int, ab_t: float):
     """Evaluate the model (both branches under CFG), guide, and return (x̂_0, ε̂)."""
-    per_sample = _xp.is_array(g.scale)  # a (B,) scale needs both branches
-    if not per_sample and g.scale == 1:
-        out_c = out = model(x, t, g.cond)
-    elif not per_sample and g.scale == 0:
-        out_c = out = model(x, t, g.uncond)
-    else:
-        out_c = model(x, t, g.cond)
-        out = cfg(model(x, t, g.uncond), out_c, g.scale)
-    if g.rescale == 0:
-        return predict_x0_eps(x, out, ab_t, prediction_type)
-    space = g.rescale_space or prediction_type
-    to_space = [prediction_from_x0_eps(*predict_x0_eps(x, o, ab_t, prediction_type), ab_t, space)
-                for o in (out, out_c)]
-    return predict_x0_eps(x, guidance_rescale(to_space[0], to_space[1], g.rescale), ab_t, space)
+    xp, s, ptype = run.xp, run.scale, run.prediction_type
+    if not _xp.is_array(s) and s == 1:
+        out_c = out = _model_output(xp, model, x, t, g.cond)
+    elif not _xp.is_array(s) and s == 0:
+        out_c = out = _model_output(xp, model, x, t, g.uncond)
+    else:                                                           # CFG Algorithm 2, line 5
+        out_c = _model_output(xp, model, x, t, g.cond)
+        out = _cfg(xp, _model_output(xp, model, x, t, g.uncond), out_c, s)
+    if run.rescale == 0:
+        return _predict_x0_eps(xp, x, out, ab_t, ptype)
+    space = run.rescale_space
+    guided, cond = (_prediction_from_x0_eps(xp, *_predict_x0_eps(xp, x, o, ab_t, ptype),
+                                            ab_t, space) for o in (out, out_c))
+    return _predict_x0_eps(xp, x, _guidance_rescale(xp, guided, cond, run.rescale), ab_t, space)
+
+
+def _model_output(xp, model, x, t: int, c: Any):
+    out = model(x, t, c)
+    if not _xp.is_array(out):
+        raise TypeError(f"the model must return an array like x_t, got {type(out).__name__}")
+    _xp.returned(xp, "x_t", x, model_output=out)
+    return out
+
+
+def _guided_step(run: _Run, g: Guidance, x, x0_hat, eps, t: int, ab_t: float, ab_prev: float,
+                 noise):
+    """One DDIM or DDPM step from (x̂_0, ε̂), with classifier guidance if it is on."""
+    xp, s = run.xp, run.classifier_scale
+    grad = None
+    if g.classifier is not None and (_xp.is_array(s) or s != 0):    # ∇ log p(y | x_t) at t
+        exact = None if g.grad_log_prob is None else (lambda z: g.grad_log_prob(z, t))
+        grad = _classifier_gradient(xp, lambda z: g.classifier(z, t), x, exact)
+    if run.sampler == "ddim":
+        if grad is not None:                                        # CG Algorithm 2
+            eps, x0_hat = _classifier_guided_eps(xp, eps, grad, ab_t, s), None
+        return _ddim_step(xp, x, eps, ab_t, ab_prev, run.eta, noise, run.clip_x0,
+                          run.rederive_eps, x0_hat)
+    mean, variance = _ddpm_mean_variance(xp, x, eps, ab_t, ab_prev, run.variance_type,
+                                         run.clip_x0, x0_hat)
+    if grad is not None:                                            # CG Algorithm 1
+        mean = _classifier_guided_mean(xp, mean, variance, grad, s)
+    return mean + xp.sqrt(variance) * noise                         # DDPM Algorithm 2, line 4
+
+
+# ----- the checked prologue ---------------------------------------------------------------
+
+def _timesteps(schedule: Schedule, timesteps, num_inference_steps: int, spacing: str) -> list[int]:
+    T = schedule.num_train_timesteps
+    if timesteps is None:
+        timesteps = inference_timesteps(T, num_inference_steps, spacing)
+    ts = [int(t) for t in timesteps]
+    if not ts or any(not 0 <= t < T for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
+        raise ValueError(f"timesteps must be a non-empty, strictly descending list in "
+                         f"[0, {T - 1}], got {ts[:8]}{'...' if len(ts) > 8 else ''}")
+    return ts
+
+
+def _levels(schedule: Schedule, ts: list[int], final: float) -> list[tuple[int, float, float]]:
+    """(t, ᾱ_t, ᾱ_prev) per step: ᾱ_prev of the next listed timestep, ``final`` after the last."""
+    abs_ = [schedule.alpha_bar(t) for t in ts] + [final]
+    return [(t, abs_[i], abs_[i + 1]) for i, t in enumerate(ts)]
+
+
+def _checked_run(x_T, schedule: Schedule, g: Guidance, sampler, num_inference_steps, spacing,
+                 timesteps, prediction_type, eta, variance_type, clip_x0, rederive_eps,
+                 final_alpha_bar) -> _Run:
+    xp = _xp.namespace(x_T=x_T)
+    _xp.check_floating(xp, "x_T", x_T)
+    _xp.choice("sampler", sampler, SAMPLERS)
+    _xp.choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    _xp.choice("final_alpha_bar", final_alpha_bar, FINAL_ALPHA_BARS)
+    _xp.choice("variance_type", variance_type, VARIANCE_TYPES)
+    space = prediction_type if g.rescale_space is None else _xp.choice(
+        "Guidance.rescale_space", g.rescale_space, PREDICTION_TYPES)
+    scale = _xp.any_real(xp, "Guidance.scale", g.scale, x_T)
+    rescale = _xp.number("Guidance.rescale", g.rescale, lo=0.0, hi=1.0)
+    classifier_scale = _xp.any_real(xp, "Guidance.classifier_scale", g.classifier_scale, x_T)
+    ts = _timesteps(schedule, timesteps, num_inference_steps, spacing)
+    final = 1.0 if final_alpha_bar == "one" else schedule.alpha_bar(0)
+    levels = _levels(schedule, ts, final)
+    spaces = {prediction_type, space} if rescale != 0 else {prediction_type}
+    if "epsilon" in spaces and any(ab_t == 0 for _, ab_t, _ in levels):
+        raise ValueError("alpha_bar_t = 0 (zero terminal SNR) at the first timestep: an "
+                         "epsilon model cannot give x0_hat there; use a v- or x_0-model or "
+                         "start one timestep later")
+    for _, ab_t, ab_prev in levels:  # η against every step; a float η for DDPM is unused
+        eta = _check_eta(None, eta, ab_t, ab_prev) if sampler == "ddim" else eta
+    return _Run(xp, sampler, prediction_type, scale, rescale, space, classifier_scale, eta,
+                variance_type, _clip_bound(clip_x0), rederive_eps, levels)
 
 
 def _progress(items: Sequence[Any], enabled: bool):
@@ -105,48 +207,16 @@ def _progress(items: Sequence[Any], enabled: bool):
     return tqdm(items, desc="sampling", leave=False)
 
 
-def _timesteps(schedule: Schedule, timesteps, num_inference_steps: int, spacing: str) -> list[int]:
-    if timesteps is None:
-        timesteps = inference_timesteps(schedule.num_timesteps, num_inference_steps, spacing)
-    ts = [int(t) for t in timesteps]
-    T = schedule.num_timesteps
-    if not ts or any(not 0 <= t < T for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
-        raise ValueError(f"timesteps must be a non-empty, strictly descending list in "
-                         f"[0, {T - 1}], got {ts[:8]}{'...' if len(ts) > 8 else ''}")
-    return ts
-
-
-def _classifier_grad(g: Guidance, x, t: int):
-    """∇ log p(y | x_t) at the training timestep t, or None without classifier guidance."""
-    if g.classifier is None or g.classifier_scale == 0:
-        return None
-    grad_fn = None if g.classifier_grad is None else (lambda z: g.classifier_grad(z, t))
-    return classifier_gradient(lambda z: g.classifier(z, t), x, grad_fn=grad_fn)
-
-
-def _guided_step(x, x0, eps, ab_t, ab_prev, grad, noise, *, sampler, eta, variance, clip_x0,
-                 rederive_eps, classifier_scale):
-    """One DDIM or DDPM step from (x̂_0, ε̂), with classifier guidance if ``grad`` is given."""
-    if sampler == "ddim":
-        if grad is not None:
-            eps, x0 = classifier_guided_eps(eps, grad, ab_t, classifier_scale), None
-        return ddim_step(x, eps, ab_t, ab_prev, eta=eta, noise=noise if eta > 0 else None,
-                         clip_x0=clip_x0, rederive_eps=rederive_eps, x0=x0)
-    mean, var = ddpm_mean_variance(x, eps, ab_t, ab_prev, variance=variance, clip_x0=clip_x0,
-                                   x0=x0)
-    if grad is not None:
-        mean = classifier_guided_mean(mean, var, grad, classifier_scale)
-    xp = _xp.namespace(x=x)
-    return mean + xp.sqrt(var) * noise
-
+# ----- public functions -------------------------------------------------------------------
 
 def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, *,
            sampler: str = "ddim", num_inference_steps: int = 50, spacing: str = "leading",
-           timesteps: Sequence[int] | None = None, prediction_type: str = "epsilon",
-           guidance: Guidance | None = None, eta: float = 0.0, variance: str = "fixed_small",
-           clip_x0: float | None = None, rederive_eps: bool = True,
-           final_alpha_bar: str = "one", generator: Any = None, progress: bool = False,
-           callback: Callable[..., None] | None = None, return_trajectory: bool = False):
+           timesteps: Sequence[int] | Any | None = None, prediction_type: str = "epsilon",
+           guidance: Guidance | None = None, eta: float = 0.0,
+           variance_type: str = "fixed_small", clip_x0: float | None = None,
+           rederive_eps: bool = True, final_alpha_bar: str = "one", generator: Any = None,
+           progress: bool = False, callback: Callable[..., None] | None = None,
+           return_trajectory: bool = False):
     """Run DDPM or DDIM from x_T to x_0, optionally guided.
 
     Parameters
@@ -159,13 +229,15 @@ def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, 
     sampler : {"ddim", "ddpm"}
     num_inference_steps, spacing
         Used to build ``timesteps`` when it is not given (:func:`inference_timesteps`).
-    timesteps : sequence of int, optional
+    timesteps : sequence of int or int array, optional
         Strictly descending training timesteps to visit.
     prediction_type : {"epsilon", "sample", "v_prediction"}
     guidance : Guidance, optional
         CFG, guidance rescale and classifier guidance settings (default: none).
     eta : float
-        DDIM η (``sampler="ddim"``). ``variance`` is DDPM's ("fixed_small", "fixed_large").
+        DDIM η (``sampler="ddim"``).
+    variance_type : {"fixed_small", "fixed_large"}
+        DDPM's variance (``sampler="ddpm"``).
     clip_x0, rederive_eps
         See :func:`refdiff.ddim_step`.
     final_alpha_bar : {"one", "alpha_bar_0"}
@@ -189,31 +261,24 @@ def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, 
     """
     from refdiff.backends import get_backend
 
-    _xp.choice("sampler", sampler, SAMPLERS)
-    _xp.choice("prediction_type", prediction_type, PREDICTION_TYPES)
-    _xp.choice("final_alpha_bar", final_alpha_bar, FINAL_ALPHA_BARS)
     g = guidance or Guidance()
-    if g.rescale_space is not None:
-        _xp.choice("Guidance.rescale_space", g.rescale_space, PREDICTION_TYPES)
-    ts = _timesteps(schedule, timesteps, num_inference_steps, spacing)
-    final = 1.0 if final_alpha_bar == "one" else schedule.alpha_bar(0)
+    run = _checked_run(x_T, schedule, g, sampler, num_inference_steps, spacing, timesteps,
+                       prediction_type, eta, variance_type, clip_x0, rederive_eps,
+                       final_alpha_bar)
     backend, dev = get_backend(x_T), _xp.device(x_T)
-    gen = backend.generator(generator, dev) if (sampler == "ddpm" or eta > 0) else None
+    noisy = sampler == "ddpm" or run.eta > 0
+    gen = backend.generator(generator, dev) if noisy else None
     x, trajectory = x_T, [x_T]
-    for i, t in enumerate(_progress(ts, progress)):
-        last = i == len(ts) - 1
-        ab_t, ab_prev = schedule.alpha_bar(t), final if last else schedule.alpha_bar(ts[i + 1])
-        x0, eps = _model_x0_eps(model, x, t, ab_t, g, prediction_type)
-        grad = _classifier_grad(g, x, t)
+    for i, (t, ab_t, ab_prev) in enumerate(_progress(run.levels, progress)):
+        x0_hat, eps = _model_x0_eps(run, model, g, x, t, ab_t)
         noise = None
-        if gen is not None:  # "is this the last step" decides: no noise after it
+        if noisy:  # "is this the last step" decides: no noise after it
+            last = i == len(run.levels) - 1
             noise = (backend.xp.zeros_like(x) if last else
                      backend.normal(tuple(x.shape), dtype=x.dtype, device=dev, generator=gen))
-        x = _guided_step(x, x0, eps, ab_t, ab_prev, grad, noise, sampler=sampler, eta=eta,
-                         variance=variance, clip_x0=clip_x0, rederive_eps=rederive_eps,
-                         classifier_scale=g.classifier_scale)
+        x = _guided_step(run, g, x, x0_hat, eps, t, ab_t, ab_prev, noise)
         if callback is not None:
-            callback(i, t, x, x0)
+            callback(i, t, x, x0_hat)
         if return_trajectory:
             trajectory.append(x)
     return (x, trajectory) if return_trajectory else x
@@ -221,7 +286,7 @@ def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, 
 
 def ddim_invert(model: Callable[[Any, int, Any], Any], x0: Any, schedule: Schedule, *,
                 num_inference_steps: int = 50, spacing: str = "leading",
-                timesteps: Sequence[int] | None = None, prediction_type: str = "epsilon",
+                timesteps: Sequence[int] | Any | None = None, prediction_type: str = "epsilon",
                 cond: Any = None):
     """DDIM inversion (η = 0 run forward) from clean data to the noisiest listed timestep.
 
@@ -229,6 +294,19 @@ def ddim_invert(model: Callable[[Any, int, Any], Any], x0: Any, schedule: Schedu
     the reverse order, from ᾱ = 1 up to ᾱ_{t_0}. ε̂ is evaluated at the source level (x at
     ᾱ_{t_k} with timestep t_k), as guided-diffusion does; the first step starts from the clean
     data, which has no timestep, and evaluates the model there with the smallest listed one.
+
+    Parameters
+    ----------
+    model : callable
+        ``model(x_t, t, c) -> array``: ε or v (an x_0-model gives no ε̂ at the clean data).
+    x0 : array, shape (B, ...)
+        The clean data to invert.
+    schedule : Schedule
+    num_inference_steps, spacing, timesteps
+        As in :func:`sample`.
+    prediction_type : {"epsilon", "v_prediction"}
+    cond : any
+        The condition passed to the model.
 
     Returns
     -------
@@ -238,14 +316,20 @@ def ddim_invert(model: Callable[[Any, int, Any], Any], x0: Any, schedule: Schedu
     ----------
     DDIM, arXiv:2010.02502v4, §4.3 and Eq. 12 with σ = 0.
     """
+    xp = _xp.namespace(x0=x0)
+    _xp.check_floating(xp, "x0", x0)
     _xp.choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    if prediction_type == "sample":
+        raise ValueError("ddim_invert needs an epsilon or v model: an x_0-model gives no "
+                         "eps at the clean data (alpha_bar_t = 1); got prediction_type='sample'")
     ts = _timesteps(schedule, timesteps, num_inference_steps, spacing)[::-1]  # ascending
     x, ab_src = x0, 1.0
     for k, t_next in enumerate(ts):
         t_eval = ts[k - 1] if k > 0 else t_next  # the source level's timestep
         ab_next = schedule.alpha_bar(t_next)
-        # at ᾱ = 1 this gives x̂_0 = x and ε̂ from an ε- or v-model; an x_0-model has no ε̂
-        x0_hat, eps = predict_x0_eps(x, model(x, t_eval, cond), ab_src, prediction_type)
-        x = ddim_inversion_step(x, eps, ab_src, ab_next, x0=x0_hat)
+        # at ᾱ = 1 this gives x̂_0 = x and ε̂ from an ε- or v-model
+        out = _model_output(xp, model, x, t_eval, cond)
+        x0_hat, eps = _predict_x0_eps(xp, x, out, ab_src, prediction_type)
+        x = _ddim_inversion_step(xp, x, eps, ab_src, ab_next, x0_hat)
         ab_src = ab_next
     return x

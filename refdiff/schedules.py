@@ -1,7 +1,7 @@
 """Noise schedules and inference timesteps, built on the host in float64.
 
 Symbols: ``betas`` = β_t, ``alphas`` = α_t = 1 − β_t, ``alphas_cumprod`` = ᾱ_t = ∏_{s≤t} α_s,
-for discrete training timesteps t = 0 … T−1 (T = ``num_timesteps``). Clean data sits "before
+for discrete training timesteps t = 0 … T−1 (T = ``num_train_timesteps``). Clean data sits "before
 t = 0" and has ᾱ = 1. Tables are validated once, here, where they are built; the step functions
 then receive ᾱ values, not indices.
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import array_api_compat
 
-from refdiff._xp import choice
+from refdiff import _xp
 
 SPACINGS = ("leading", "trailing", "linspace")
 
@@ -62,14 +62,14 @@ class Schedule:
     alphas_cumprod: Any
 
     @property
-    def num_timesteps(self) -> int:
+    def num_train_timesteps(self) -> int:
         """T, the number of training timesteps."""
         return int(self.betas.shape[0])
 
     def alpha_bar(self, t: int) -> float:
         """ᾱ_t as a Python float (host float64), for t in 0 … T−1."""
-        if not 0 <= int(t) < self.num_timesteps:
-            raise ValueError(f"t must lie in [0, {self.num_timesteps - 1}], got {t}")
+        if not 0 <= int(t) < self.num_train_timesteps:
+            raise ValueError(f"t must lie in [0, {self.num_train_timesteps - 1}], got {t}")
         return float(self.alphas_cumprod[int(t)])
 
     @classmethod
@@ -108,25 +108,16 @@ class Schedule:
         return cls(betas=betas, alphas=alphas, alphas_cumprod=alphas_cumprod)
 
 
-def _check_count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _check_beta(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    if not (math.isfinite(value) and 0 < value <= 1):
-        raise ValueError(f"{name} must lie in (0, 1], got {value}")
-    return float(value)
+def _beta(name: str, value: Any) -> float:
+    """A β end point: a float in (0, 1]."""
+    return _xp.number(name, value, lo=0.0, hi=1.0, lo_open=True)
 
 
 def _linspace(xp, start: float, stop: float, n: int):
     return xp.linspace(start, stop, n, dtype=xp.float64)
 
 
-def linear_schedule(num_timesteps: int = 1000, beta_start: float = 1e-4,
+def linear_schedule(num_train_timesteps: int = 1000, beta_start: float = 1e-4,
                     beta_end: float = 0.02, *, xp=None) -> Schedule:
     """Linear β schedule, not rescaled with T (diffusers' ``"linear"``).
 
@@ -136,13 +127,13 @@ def linear_schedule(num_timesteps: int = 1000, beta_start: float = 1e-4,
     ----------
     DDPM, arXiv:2006.11239v2, §4 (β from 1e-4 to 0.02 over T = 1000).
     """
-    T = _check_count("num_timesteps", num_timesteps)
-    b0, b1 = _check_beta("beta_start", beta_start), _check_beta("beta_end", beta_end)
+    T = _xp.count("num_train_timesteps", num_train_timesteps)
+    b0, b1 = _beta("beta_start", beta_start), _beta("beta_end", beta_end)
     xp = host_namespace() if xp is None else xp
     return Schedule.from_betas(_linspace(xp, b0, b1, T), xp=xp)
 
 
-def guided_diffusion_linear_schedule(num_timesteps: int = 1000, *, xp=None) -> Schedule:
+def guided_diffusion_linear_schedule(num_train_timesteps: int = 1000, *, xp=None) -> Schedule:
     """Linear schedule rescaled by 1000/T (guided-diffusion / improved-diffusion ``"linear"``).
 
     β_start = 1e-4·1000/T and β_end = 0.02·1000/T, so that T ≠ 1000 keeps ᾱ_{T−1} near the
@@ -152,12 +143,12 @@ def guided_diffusion_linear_schedule(num_timesteps: int = 1000, *, xp=None) -> S
     ----------
     IDDPM, arXiv:2102.09672v1, §3.2 and its released code's ``get_named_beta_schedule``.
     """
-    T = _check_count("num_timesteps", num_timesteps)
+    T = _xp.count("num_train_timesteps", num_train_timesteps)
     scale = 1000.0 / T
     return linear_schedule(T, min(scale * 1e-4, 1.0), min(scale * 0.02, 1.0), xp=xp)
 
 
-def scaled_linear_schedule(num_timesteps: int = 1000, beta_start: float = 0.00085,
+def scaled_linear_schedule(num_train_timesteps: int = 1000, beta_start: float = 0.00085,
                            beta_end: float = 0.012, *, xp=None) -> Schedule:
     """Stable Diffusion's "scaled linear" schedule: linear in √β.
 
@@ -167,13 +158,13 @@ def scaled_linear_schedule(num_timesteps: int = 1000, beta_start: float = 0.0008
     ----------
     LDM, arXiv:2112.10752v2 (released Stable Diffusion configuration).
     """
-    T = _check_count("num_timesteps", num_timesteps)
-    b0, b1 = _check_beta("beta_start", beta_start), _check_beta("beta_end", beta_end)
+    T = _xp.count("num_train_timesteps", num_train_timesteps)
+    b0, b1 = _beta("beta_start", beta_start), _beta("beta_end", beta_end)
     xp = host_namespace() if xp is None else xp
     return Schedule.from_betas(_linspace(xp, math.sqrt(b0), math.sqrt(b1), T) ** 2, xp=xp)
 
 
-def cosine_schedule(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999,
+def cosine_schedule(num_train_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999,
                     *, xp=None) -> Schedule:
     """Cosine schedule of Improved DDPM.
 
@@ -185,10 +176,9 @@ def cosine_schedule(num_timesteps: int = 1000, s: float = 0.008, max_beta: float
     ----------
     IDDPM, arXiv:2102.09672v1, Eq. 17 (and the clipping of β at 0.999 in §3.2).
     """
-    T = _check_count("num_timesteps", num_timesteps)
-    if not (math.isfinite(s) and s >= 0):
-        raise ValueError(f"s must be a finite number >= 0, got {s}")
-    max_beta = _check_beta("max_beta", max_beta)
+    T = _xp.count("num_train_timesteps", num_train_timesteps)
+    s = _xp.number("s", s, lo=0.0)
+    max_beta = _beta("max_beta", max_beta)
     xp = host_namespace() if xp is None else xp
     tau = xp.arange(T + 1, dtype=xp.float64) / T
     f = xp.cos((tau + s) / (1 + s) * (math.pi / 2)) ** 2
@@ -211,8 +201,8 @@ def rescale_zero_terminal_snr(schedule: Schedule) -> Schedule:
     ZSNR, arXiv:2305.08891v4, Algorithm 1.
     """
     xp = array_api_compat.array_namespace(schedule.alphas_cumprod)
-    if schedule.num_timesteps < 2:
-        raise ValueError("rescale_zero_terminal_snr needs num_timesteps >= 2")
+    if schedule.num_train_timesteps < 2:
+        raise ValueError("rescale_zero_terminal_snr needs num_train_timesteps >= 2")
     sqrt_ab = xp.sqrt(schedule.alphas_cumprod)
     first, last = float(sqrt_ab[0]), float(sqrt_ab[-1])
     sqrt_ab = (sqrt_ab - last) * (first / (first - last))  # shift to 0 at T−1, keep t = 0
@@ -251,11 +241,11 @@ def inference_timesteps(num_train_timesteps: int, num_inference_steps: int,
     ----------
     ZSNR, arXiv:2305.08891v4, Table 2 (the three spacings).
     """
-    T = _check_count("num_train_timesteps", num_train_timesteps)
-    n = _check_count("num_inference_steps", num_inference_steps)
+    T = _xp.count("num_train_timesteps", num_train_timesteps)
+    n = _xp.count("num_inference_steps", num_inference_steps)
     if n > T:
         raise ValueError(f"num_inference_steps must lie in 1..{T} (num_train_timesteps), got {n}")
-    choice("spacing", spacing, SPACINGS)
+    _xp.choice("spacing", spacing, SPACINGS)
     xp = host_namespace() if xp is None else xp
     i = xp.arange(n, dtype=xp.float64)
     if spacing == "leading":

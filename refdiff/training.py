@@ -1,7 +1,7 @@
 """The training side: timestep sampling, condition dropout, targets, losses, SNR weights,
 and the noisy-classifier objective of classifier guidance.
 
-Symbols: ``x0`` = x_0, ``noise`` = ε, ``alpha_bar_t`` = ᾱ_t, SNR(t) = ᾱ_t/(1 − ᾱ_t),
+Symbols: ``x0`` = x_0, ``eps`` = ε (the forward-process noise), ``alpha_bar_t`` = ᾱ_t, SNR(t) = ᾱ_t/(1 − ᾱ_t),
 ``gamma`` = γ (min-SNR clamp), ``p`` = the probability of dropping the condition, ``null_cond``
 = ∅ (the "no condition" label or embedding). Timesteps are the discrete training timesteps
 t = 0 … T−1 of :mod:`refdiff.schedules` (DDPM's t = 1 … T, shifted by one).
@@ -35,7 +35,8 @@ import math
 from typing import Any, Callable
 
 from refdiff import _xp
-from refdiff.forward import PREDICTION_TYPES, prediction_from_x0_eps, q_sample
+from refdiff._xp import cast
+from refdiff.forward import PREDICTION_TYPES, _prediction_from_x0_eps, q_sample
 
 WEIGHTINGS = ("none", "min_snr")
 REDUCTIONS = ("mean", "none")
@@ -58,14 +59,14 @@ def _batch_size(name: str, a: Any) -> int:
     return int(a.shape[0])
 
 
-def sample_timesteps(x0: Any, num_timesteps: int, *, generator: Any):
+def sample_timesteps(x0: Any, num_train_timesteps: int, *, generator: Any):
     """Draw one training timestep per sample, t ~ Uniform{0, …, T−1}.
 
     Parameters
     ----------
     x0 : array, shape (B, ...)
         The batch; fixes B, the library and the device.
-    num_timesteps : int
+    num_train_timesteps : int
         T.
     generator : int or generator
         Seed or generator of the library of ``x0``.
@@ -83,12 +84,11 @@ def sample_timesteps(x0: Any, num_timesteps: int, *, generator: Any):
     DDPM, arXiv:2006.11239v2, Algorithm 1, line 3 (t ~ Uniform({1, …, T}); here shifted to 0 … T−1).
     """
     xp = _xp.namespace(x0=x0)
-    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 1:
-        raise ValueError(f"num_timesteps must be a positive int, got {num_timesteps!r}")
+    T = _xp.count("num_train_timesteps", num_train_timesteps)
     backend, gen = _backend_generator(x0, generator)
     u = backend.uniform((_batch_size("x0", x0),), dtype=xp.float64, device=_xp.device(x0),
                         generator=gen)
-    return xp.clip(xp.astype(xp.floor(u * num_timesteps), xp.int64), 0, num_timesteps - 1)
+    return xp.clip(xp.astype(xp.floor(u * T), xp.int64), 0, T - 1)  # t = ⌊u·T⌋
 
 
 def alpha_bar_at(schedule: Any, t: Any):
@@ -108,7 +108,7 @@ def alpha_bar_at(schedule: Any, t: Any):
     xp = _xp.namespace(t=t)
     if not xp.isdtype(t.dtype, "integral"):
         raise TypeError(f"t must have an integer dtype, got {t.dtype}")
-    T = schedule.num_timesteps
+    T = schedule.num_train_timesteps
     if _xp.on_host(t) and bool(xp.any((t < 0) | (t >= T))):
         raise ValueError(f"t must lie in [0, {T - 1}]")
     table = xp.asarray(schedule.alphas_cumprod, dtype=xp.float64, device=_xp.device(t))
@@ -144,9 +144,9 @@ def drop_condition(cond: Any, null_cond: Any, p: float, *, generator: Any):
     CFG, arXiv:2207.12598v1, §3.2 and Algorithm 1 (c ← ∅ with probability p_uncond).
     """
     xp = _xp.namespace(cond=cond, null_cond=null_cond)
-    p = _xp.scalar(xp, "p", p, cond)
     if _xp.is_array(p):
         raise TypeError("p must be a Python float")
+    p = _xp.number("p", p, lo=0.0, hi=1.0)
     B = _batch_size("cond", cond)
     backend, gen = _backend_generator(cond, generator)
     dropped = backend.uniform((B,), dtype=xp.float64, device=_xp.device(cond), generator=gen) < p
@@ -173,12 +173,50 @@ def _null_array(xp, cond: Any, null_cond: Any):
     return null_cond
 
 
+def _snr(xp, ab: Any):
+    if not _xp.is_array(ab):
+        return math.inf if ab == 1 else ab / (1.0 - ab)
+    one_minus = 1.0 - ab
+    safe = xp.where(one_minus == 0, xp.ones_like(one_minus), one_minus)
+    return xp.where(one_minus == 0, xp.full_like(one_minus, math.inf), ab / safe)  # ᾱ/(1 − ᾱ)
+
+
+def _min_snr_weight(xp, ab: Any, gamma: float, prediction_type: str):
+    if prediction_type == "sample":                                 # min(SNR, γ)
+        s = _snr(xp, ab)
+        return min(s, gamma) if not _xp.is_array(s) else _clip_max(xp, s, gamma)
+    if prediction_type == "v_prediction":                           # min(ᾱ, γ(1 − ᾱ))
+        return min(ab, gamma * (1.0 - ab)) if not _xp.is_array(ab) else xp.minimum(
+            ab, gamma * (1.0 - ab))
+    if not _xp.is_array(ab):                                        # min(1, γ(1 − ᾱ)/ᾱ)
+        return 1.0 if ab == 0 else min(1.0, gamma * (1.0 - ab) / ab)
+    one = xp.ones_like(ab)
+    return xp.where(ab == 0, one, _clip_max(xp, gamma * (1.0 - ab) / xp.where(ab == 0, one, ab),
+                                            1.0))
+
+
+def _clip_max(xp, a: Any, hi: float):
+    return xp.where(a > hi, xp.full_like(a, hi), a)
+
+
+def _alpha_bar_any_shape(alpha_bar_t: Any):
+    """ᾱ in [0, 1] as a float or an array of any shape, and its namespace (None for a float)."""
+    if not _xp.is_array(alpha_bar_t):
+        return None, _xp.number("alpha_bar_t", alpha_bar_t, lo=0.0, hi=1.0)
+    xp = _xp.namespace(alpha_bar_t=alpha_bar_t)
+    return xp, _xp.level(xp, "alpha_bar_t", alpha_bar_t, None)
+
+
 def snr(alpha_bar_t: Any):
     """The signal-to-noise ratio SNR(t) = ᾱ_t/(1 − ᾱ_t) (∞ at ᾱ = 1, 0 at ᾱ = 0).
 
     Parameters
     ----------
     alpha_bar_t : float or array of any shape, values in [0, 1]
+
+    Returns
+    -------
+    float or array of the shape, dtype and device of ``alpha_bar_t``
 
     References
     ----------
@@ -189,21 +227,15 @@ def snr(alpha_bar_t: Any):
     >>> snr(0.75)
     3.0
     """
-    if not _xp.is_array(alpha_bar_t):
-        ab = _check_alpha_bar(alpha_bar_t)
-        return math.inf if ab == 1 else ab / (1.0 - ab)
-    xp = _xp.namespace(alpha_bar_t=alpha_bar_t)
-    one_minus = 1.0 - alpha_bar_t
-    safe = xp.where(one_minus == 0, xp.ones_like(one_minus), one_minus)
-    return xp.where(one_minus == 0, xp.full_like(one_minus, math.inf), alpha_bar_t / safe)
+    xp, ab = _alpha_bar_any_shape(alpha_bar_t)
+    return _snr(xp, ab)
 
 
-def _check_alpha_bar(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"alpha_bar_t must be a float or an array, got {type(value).__name__}")
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"alpha_bar_t must lie in [0, 1], got {value}")
-    return float(value)
+def _check_gamma(gamma: Any) -> float:
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (
+            0 < gamma < math.inf):
+        raise ValueError(f"gamma must be a positive finite float, got {gamma!r}")
+    return float(gamma)
 
 
 def min_snr_weight(alpha_bar_t: Any, gamma: float = 5.0, prediction_type: str = "epsilon"):
@@ -242,47 +274,26 @@ def min_snr_weight(alpha_bar_t: Any, gamma: float = 5.0, prediction_type: str = 
     [0.5, 1.5, 0.375]
     """
     _xp.choice("prediction_type", prediction_type, PREDICTION_TYPES)
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (
-            0 < gamma < math.inf):
-        raise ValueError(f"gamma must be a positive finite float, got {gamma!r}")
-    if prediction_type == "sample":
-        s = snr(alpha_bar_t)
-        return min(s, float(gamma)) if not _xp.is_array(s) else _clip_max(s, float(gamma))
-    if not _xp.is_array(alpha_bar_t):
-        ab = _check_alpha_bar(alpha_bar_t)
-        if prediction_type == "v_prediction":
-            return min(ab, gamma * (1.0 - ab))
-        return 1.0 if ab == 0 else min(1.0, gamma * (1.0 - ab) / ab)
-    xp = _xp.namespace(alpha_bar_t=alpha_bar_t)
-    ab = alpha_bar_t
-    if prediction_type == "v_prediction":
-        return xp.minimum(ab, gamma * (1.0 - ab))
-    one = xp.ones_like(ab)
-    return xp.where(ab == 0, one, _clip_max(gamma * (1.0 - ab) / xp.where(ab == 0, one, ab), 1.0))
+    gamma = _check_gamma(gamma)
+    xp, ab = _alpha_bar_any_shape(alpha_bar_t)
+    return _min_snr_weight(xp, ab, gamma, prediction_type)
 
 
-def _clip_max(a: Any, hi: float):
-    xp = _xp.namespace(a=a)
-    return xp.where(a > hi, xp.full_like(a, hi), a)
+def _per_sample_mse(xp, prediction: Any, target: Any):
+    d = prediction - target
+    if d.ndim == 1:
+        return d * d
+    return xp.mean(d * d, axis=tuple(range(1, d.ndim)))            # (1/D)·‖·‖² per sample
 
 
 def per_sample_mse(prediction: Any, target: Any):
     """(1/D)·‖prediction − target‖² per sample: shape (B,), dtype of ``prediction``."""
-    xp = _xp.namespace(prediction=prediction, target=target)
-    _xp.check_like(xp, "prediction", prediction, target=target)
+    xp = _xp.arrays("prediction", prediction, target=target)
     _batch_size("prediction", prediction)
-    d = prediction - target
-    if d.ndim == 1:
-        return d * d
-    return xp.mean(d * d, axis=tuple(range(1, d.ndim)))
+    return _per_sample_mse(xp, prediction, target)
 
 
-def _reduce(xp, losses: Any, reduction: str):
-    _xp.choice("reduction", reduction, REDUCTIONS)
-    return xp.mean(losses) if reduction == "mean" else losses
-
-
-def diffusion_loss(model_output: Any, x0: Any, noise: Any, alpha_bar_t: Any,
+def diffusion_loss(model_output: Any, x0: Any, eps: Any, alpha_bar_t: Any,
                    prediction_type: str = "epsilon", *, weighting: str = "none",
                    gamma: float = 5.0, reduction: str = "mean"):
     """The denoising loss of one training batch, for ε, x_0 or v prediction.
@@ -298,7 +309,7 @@ def diffusion_loss(model_output: Any, x0: Any, noise: Any, alpha_bar_t: Any,
     ----------
     model_output : array, shape (B, ...)
         f_θ(x_t, t), in the space of ``prediction_type``.
-    x0, noise : arrays, shape, dtype and device of ``model_output``
+    x0, eps : arrays, shape, dtype and device of ``model_output``
         The clean batch and the ε used to make x_t.
     alpha_bar_t : float or array, shape () or (B,)
         ᾱ_t of each sample (float64 is fine: cast late).
@@ -309,40 +320,45 @@ def diffusion_loss(model_output: Any, x0: Any, noise: Any, alpha_bar_t: Any,
     reduction : {"mean", "none"}
         The batch mean (a 0-d array) or the per-sample losses (B,).
 
+    Returns
+    -------
+    array, shape () or (B,), dtype of ``model_output``
+
     References
     ----------
     DDPM, arXiv:2006.11239v2, Eq. 14; V, arXiv:2202.00512v2, §4; MINSNR, arXiv:2303.09556v3, §3.
     """
-    xp = _xp.namespace(model_output=model_output, x0=x0, noise=noise)
-    _xp.check_like(xp, "model_output", model_output, x0=x0, noise=noise)
+    xp = _xp.arrays("model_output", model_output, x0=x0, eps=eps)
+    _batch_size("model_output", model_output)
+    _xp.choice("prediction_type", prediction_type, PREDICTION_TYPES)
     _xp.choice("weighting", weighting, WEIGHTINGS)
     _xp.choice("reduction", reduction, REDUCTIONS)
-    target = prediction_from_x0_eps(x0, noise, alpha_bar_t, prediction_type)
-    losses = per_sample_mse(model_output, target)
+    gamma = _check_gamma(gamma)
+    ab = _xp.level(xp, "alpha_bar_t", alpha_bar_t, x0)
+    target = _prediction_from_x0_eps(xp, x0, eps, ab, prediction_type)
+    losses = _per_sample_mse(xp, model_output, target)              # DDPM Eq. 14, per sample
     if weighting == "min_snr":
-        ab = _xp.scalar(xp, "alpha_bar_t", alpha_bar_t, x0)
-        w = min_snr_weight(ab, gamma, prediction_type)
-        losses = losses * (xp.reshape(_xp.cast_to(xp, w, losses), (-1,)) if _xp.is_array(w) else w)
+        (w,) = cast(xp, losses, _min_snr_weight(xp, ab, gamma, prediction_type))
+        losses = losses * (xp.reshape(w, (-1,)) if _xp.is_array(w) else w)
     return _reduce(xp, losses, reduction)
 
 
-def log_softmax(logits: Any):
-    """log softmax over the last axis, computed as l − max(l) − log Σ exp(l − max(l))."""
-    xp = _xp.namespace(logits=logits)
-    _xp.check_floating(xp, "logits", logits)
-    shifted = logits - xp.max(logits, axis=-1, keepdims=True)
+def _reduce(xp, losses: Any, reduction: str):
+    return xp.mean(losses) if reduction == "mean" else losses
+
+
+def _log_softmax(xp, logits: Any):
+    shifted = logits - xp.max(logits, axis=-1, keepdims=True)     # l − max(l), for stability
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
 
 
-def label_log_prob(logits: Any, labels: Any):
-    """log p(y | ·) = log_softmax(logits)[b, y_b]: shape (B,). The ``classifier`` of
-    :class:`refdiff.Guidance` returns this at (x_t, t).
+def _label_log_prob(xp, logits: Any, labels: Any):
+    classes = xp.arange(logits.shape[1], dtype=labels.dtype, device=_xp.device(labels))
+    onehot = xp.expand_dims(labels, axis=-1) == classes
+    return xp.sum(xp.where(onehot, _log_softmax(xp, logits), xp.zeros_like(logits)), axis=-1)
 
-    Parameters
-    ----------
-    logits : array, shape (B, K)
-    labels : integer array, shape (B,), values in [0, K)
-    """
+
+def _check_logits_labels(logits: Any, labels: Any):
     xp = _xp.namespace(logits=logits, labels=labels)
     _xp.check_floating(xp, "logits", logits)
     if logits.ndim != 2:
@@ -353,19 +369,62 @@ def label_log_prob(logits: Any, labels: Any):
     K = logits.shape[1]
     if _xp.on_host(labels) and bool(xp.any((labels < 0) | (labels >= K))):
         raise ValueError(f"labels must lie in [0, {K - 1}]")
-    classes = xp.arange(K, dtype=labels.dtype, device=_xp.device(labels))
-    onehot = xp.expand_dims(labels, axis=-1) == classes
-    return xp.sum(xp.where(onehot, log_softmax(logits), xp.zeros_like(logits)), axis=-1)
+    return xp
+
+
+def log_softmax(logits: Any):
+    """log softmax over the last axis, computed as l − max(l) − log Σ exp(l − max(l)).
+
+    Parameters
+    ----------
+    logits : floating array, shape (..., K)
+
+    Returns
+    -------
+    array, shape, dtype and device of ``logits``
+    """
+    xp = _xp.namespace(logits=logits)
+    _xp.check_floating(xp, "logits", logits)
+    return _log_softmax(xp, logits)
+
+
+def label_log_prob(logits: Any, labels: Any):
+    """log p(y | ·) = log_softmax(logits)[b, y_b]: shape (B,). The ``classifier`` of
+    :class:`refdiff.Guidance` returns this at (x_t, t).
+
+    Parameters
+    ----------
+    logits : array, shape (B, K)
+    labels : integer array, shape (B,), values in [0, K)
+
+    Returns
+    -------
+    array, shape (B,), dtype of ``logits``
+    """
+    xp = _check_logits_labels(logits, labels)
+    return _label_log_prob(xp, logits, labels)
 
 
 def cross_entropy(logits: Any, labels: Any, *, reduction: str = "mean"):
-    """Cross-entropy −log p(y | ·) from unnormalised logits (B, K) and int labels (B,)."""
-    xp = _xp.namespace(logits=logits, labels=labels)
-    return _reduce(xp, -label_log_prob(logits, labels), reduction)
+    """Cross-entropy −log p(y | ·) from unnormalised logits (B, K) and int labels (B,).
+
+    Parameters
+    ----------
+    logits : array, shape (B, K)
+    labels : integer array, shape (B,), values in [0, K)
+    reduction : {"mean", "none"}
+
+    Returns
+    -------
+    array, shape () or (B,), dtype of ``logits``
+    """
+    xp = _check_logits_labels(logits, labels)
+    _xp.choice("reduction", reduction, REDUCTIONS)
+    return _reduce(xp, -_label_log_prob(xp, logits, labels), reduction)
 
 
 def noisy_classifier_loss(classifier: Callable[[Any, Any], Any], x0: Any, labels: Any,
-                          t: Any, alpha_bar_t: Any, noise: Any, *, reduction: str = "mean"):
+                          t: Any, alpha_bar_t: Any, eps: Any, *, reduction: str = "mean"):
     """The classifier-guidance training objective: cross-entropy of p_φ(y | x_t, t).
 
     .. math::
@@ -382,14 +441,18 @@ def noisy_classifier_loss(classifier: Callable[[Any, Any], Any], x0: Any, labels
         The training timesteps passed to the classifier (from :func:`sample_timesteps`).
     alpha_bar_t : float or array, shape () or (B,)
         ᾱ at ``t`` (from :func:`alpha_bar_at`).
-    noise : array, shape of ``x0``
+    eps : array, shape of ``x0``
         ε ~ N(0, I), drawn by the caller.
     reduction : {"mean", "none"}
+
+    Returns
+    -------
+    array, shape () or (B,), dtype of the logits
 
     References
     ----------
     CG, arXiv:2105.05233v4, §4 (train p_φ(y | x_t, t) on noisy images);
     DDPM, arXiv:2006.11239v2, Eq. 4 (x_t from q(x_t | x_0)).
     """
-    return cross_entropy(classifier(q_sample(x0, alpha_bar_t, noise), t), labels,
+    return cross_entropy(classifier(q_sample(x0, alpha_bar_t, eps), t), labels,
                          reduction=reduction)

@@ -160,7 +160,7 @@ def test_classifier_guidance_equals_cfg_samples(eta):
     kw = dict(num_inference_steps=50, eta=eta, generator=3)
     cg = rd.sample(oracle_model(GM), x_T, SCH, guidance=rd.Guidance(
         classifier=lambda x, t: None, classifier_scale=4.0,
-        classifier_grad=lambda x, t: GM.grad_log_prob_class(x, SCH.alpha_bar(t), y)), **kw)
+        grad_log_prob=lambda x, t: GM.grad_log_prob_class(x, SCH.alpha_bar(t), y)), **kw)
     free = rd.sample(oracle_model(GM), x_T, SCH, guidance=rd.Guidance(cond=y, scale=4.0), **kw)
     assert np.max(np.abs(cg - free)) < 1e-8
 

@@ -124,9 +124,9 @@ def test_torch_autograd_gradient_matches_finite_differences():
         np.testing.assert_allclose(g[b], fd, rtol=1e-5, atol=1e-6)
 
 
-def test_numpy_gradient_needs_grad_fn():
+def test_numpy_gradient_needs_grad_log_prob():
     x = np.ones((2, 3))
-    with pytest.raises(TypeError, match="grad_fn"):
+    with pytest.raises(TypeError, match="grad_log_prob"):
         rd.classifier_gradient(lambda z: z.sum(axis=1), x)
-    g = rd.classifier_gradient(lambda z: z.sum(axis=1), x, grad_fn=lambda z: -2 * z)
+    g = rd.classifier_gradient(lambda z: z.sum(axis=1), x, grad_log_prob=lambda z: -2 * z)
     np.testing.assert_array_equal(g, -2 * x)

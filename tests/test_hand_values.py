@@ -19,7 +19,7 @@ def test_tiny_schedule_tables():
     s = rd.Schedule.from_betas(BETAS)
     np.testing.assert_allclose(s.alphas_cumprod, AB, rtol=0, atol=1e-15)
     np.testing.assert_allclose(s.betas, [0.19, 1 - 0.64 / 0.81, 0.4375, 1 - 0.16 / 0.36], atol=1e-15)
-    assert s.num_timesteps == 4 and s.alphas_cumprod.dtype == np.float64
+    assert s.num_train_timesteps == 4 and s.alphas_cumprod.dtype == np.float64
 
 
 def test_posterior_t2_to_t1():
@@ -52,7 +52,7 @@ def test_ddim_eta1_and_ddpm_t2_to_t1():
     assert rd.ddim_step(x, e, 0.36, 0.64, eta=1.0, noise=z)[0] == pytest.approx(expected, abs=1e-15)
     assert rd.ddpm_step(x, e, 0.36, 0.64, z)[0] == pytest.approx(expected, abs=1e-15)
     # fixed_large: σ² = β' = 0.4375
-    large = rd.ddpm_step(x, e, 0.36, 0.64, z, variance="fixed_large")[0]
+    large = rd.ddpm_step(x, e, 0.36, 0.64, z, variance_type="fixed_large")[0]
     assert large == pytest.approx(0.96875 + math.sqrt(0.4375), abs=1e-15)
 
 

@@ -15,13 +15,8 @@ from refdiff.testing import (RTOL, ConformanceError, Target, assert_close, check
                              check_schedule, check_timesteps, strategies as S)
 from refdiff.testing import references as R
 
-from conftest import RTOL as TESTS_RTOL
 
 SCHED = rd.linear_schedule(1000)
-
-
-def test_tolerance_policy_is_the_tests_policy():
-    assert RTOL == TESTS_RTOL
 
 
 def test_assert_close_checks_values_dtype_shape_device():
@@ -63,7 +58,7 @@ def test_array_strategy_has_no_subnormals_nan_or_inf(data):
 @given(S.schedules(), st.data())
 def test_schedule_and_timestep_strategies_are_valid(spec, data):
     sched = spec.build()
-    assert sched.num_timesteps == spec.T and repr(spec).startswith("rd.")
+    assert sched.num_train_timesteps == spec.T and repr(spec).startswith("rd.")
     n, spacing, t, t_prev = data.draw(S.timestep_pairs(spec.T))
     ts = R.timesteps(spec.T, n, spacing)
     assert t in ts and (t_prev == -1) == (t == ts[-1]) and (t_prev < t)
@@ -84,14 +79,14 @@ def own(check_name, sched=SCHED):
         "schedule": lambda kind, T, **p: R.schedule_table(S.ScheduleSpec(kind, T, p)),
         "timesteps": lambda T, n, spacing: rd.inference_timesteps(T, n, spacing).tolist(),
         "q_sample": lambda x0, z, t: rd.q_sample(x0, ab(t), z),
-        "posterior": lambda x0, x_t, t, tp: R.posterior(sched, x0, x_t, t, tp),
+        "posterior": lambda x0, x_t, t, tp: R.posterior(x0, x_t, t, tp, schedule=sched),
         "cfg": rd.cfg,
         "cg": lambda e, g, t, s: rd.classifier_guided_eps(e, g, ab(t), s),
         "ddim": lambda x, e, t, tp, *, eta, noise, num_inference_steps: R.ddim_step(
-            sched, x, e, t, tp, eta=eta, noise=noise),
+            x, e, t, tp, schedule=sched, eta=eta, noise=noise),
         "ddpm": lambda x, e, t, tp, *, noise, num_inference_steps: R.ddpm_step(
-            sched, x, e, t, tp, noise=noise),
-        "loop": lambda m, x, ts, zs: R.sample(sched, m, x, ts, zs, eta=0.3),
+            x, e, t, tp, noise, schedule=sched),
+        "loop": lambda m, x, ts, zs: R.sample(m, x, ts, zs, schedule=sched, eta=0.3),
     }[check_name]
 
 
@@ -127,7 +122,7 @@ def test_failure_report_is_shrunk_complete_and_reproducible():
     result = check_q_sample(bad)
     assert not result.passed and not result
     ce = result.counterexample
-    assert set(ce) == {"x0", "noise", "t"} and ce["t"] >= 1 and ce["x0"].size == 1
+    assert set(ce) == {"x0", "eps", "t"} and ce["t"] >= 1 and ce["x0"].size == 1
     assert result.max_abs > 1e-6 and result.examples_to_fail >= 1 and result.time_to_fail >= 0
     text = result.report()
     for part in ("FAIL  q_sample", "counterexample", "actual:", "expected:", "reproduce:"):
@@ -143,8 +138,9 @@ def test_failure_report_is_shrunk_complete_and_reproducible():
 
 def test_candidate_exceptions_are_findings():
     def raises(x_t, eps, t, t_prev, *, eta, noise, num_inference_steps):
-        return math.sqrt(-1.0) if t_prev < 0 else R.ddim_step(SCHED, x_t, eps, t, t_prev,
-                                                                eta=eta, noise=noise)
+        return math.sqrt(-1.0) if t_prev < 0 else R.ddim_step(x_t, eps, t, t_prev,
+                                                                schedule=SCHED, eta=eta,
+                                                                noise=noise)
     result = check_ddim_step(raises)
     assert not result.passed and result.message.startswith("ValueError")
     assert result.counterexample["t_prev"] == -1

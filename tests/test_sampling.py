@@ -64,7 +64,7 @@ def test_no_noise_on_last_step_even_with_fixed_large():
     x_T = np.ones((3, 2))
     ts = rd.inference_timesteps(1000, 4, "trailing")
     assert ts[-1] != 0
-    outs = [rd.sample(model, x_T, SCH, sampler="ddpm", timesteps=ts[-1:], variance="fixed_large",
+    outs = [rd.sample(model, x_T, SCH, sampler="ddpm", timesteps=ts[-1:], variance_type="fixed_large",
                       generator=seed) for seed in (0, 1)]
     np.testing.assert_array_equal(outs[0], outs[1])  # one (last) step: nothing random
 
@@ -195,7 +195,7 @@ def test_classifier_guidance_numpy_analytic_equals_torch_autograd():
     x_T = np.random.default_rng(0).standard_normal((3, 2))
     for sampler in ("ddim", "ddpm"):
         a = rd.sample(model, x_T, SCH, sampler=sampler, num_inference_steps=8, generator=0,
-                      guidance=rd.Guidance(classifier=lambda x, t: None, classifier_grad=grad_np,
+                      guidance=rd.Guidance(classifier=lambda x, t: None, grad_log_prob=grad_np,
                                            classifier_scale=2.0))
         tmodel = lambda x, t, c: torch.asarray(model(x.numpy(), t, c))
         noise_free = sampler == "ddim"

@@ -16,7 +16,7 @@ T_ = st.integers(2, 2000)
 
 def _check_valid(s: rd.Schedule):
     ab = np.asarray(s.alphas_cumprod)
-    assert ab.dtype == np.float64 and ab.shape == (s.num_timesteps,)
+    assert ab.dtype == np.float64 and ab.shape == (s.num_train_timesteps,)
     assert np.all(np.diff(ab) < 0), "alphas_cumprod must be strictly decreasing"
     assert np.all((ab >= 0) & (ab < 1))
     np.testing.assert_allclose(np.asarray(s.alphas), 1 - np.asarray(s.betas), rtol=0, atol=0)

@@ -30,7 +30,7 @@ def test_ddim_eta1_equals_ddpm_fixed_small(b, pair, clip):
     """η = 1 is DDPM with σ² = β̃, on any (ᾱ_t, ᾱ_prev); with clipping when ε̂ is re-derived."""
     x, e, z = b
     ddim = rd.ddim_step(x, e, *pair, eta=1.0, noise=z, clip_x0=clip, rederive_eps=True)
-    ddpm = rd.ddpm_step(x, e, *pair, z, variance="fixed_small", clip_x0=clip)
+    ddpm = rd.ddpm_step(x, e, *pair, z, variance_type="fixed_small", clip_x0=clip)
     np.testing.assert_allclose(ddim, ddpm, rtol=0, atol=_tol(pair[0], x, e, z))
 
 
@@ -84,7 +84,7 @@ def test_ddpm_fixed_large_has_larger_noise(b, pair):
     x, e, z = b
     ab_t, ab_prev = pair
     m_small, v_small = rd.ddpm_mean_variance(x, e, ab_t, ab_prev)
-    m_large, v_large = rd.ddpm_mean_variance(x, e, ab_t, ab_prev, variance="fixed_large")
+    m_large, v_large = rd.ddpm_mean_variance(x, e, ab_t, ab_prev, variance_type="fixed_large")
     assert m_small.tobytes() == m_large.tobytes()
     assert float(v_small) <= float(v_large) + 1e-16
     np.testing.assert_allclose(float(v_large), 1 - ab_t / ab_prev, rtol=1e-15)
@@ -92,13 +92,13 @@ def test_ddpm_fixed_large_has_larger_noise(b, pair):
 
 @given(b=batch(3), pair=alpha_pair())
 def test_model_x0_prediction_path_equals_eps_path(b, pair):
-    """Passing x0= (from an x_0- or v-model) equals deriving it from ε̂."""
+    """Passing x0_hat= (from an x_0- or v-model) equals deriving it from ε̂."""
     x, e, z = b
     x0, _ = rd.predict_x0_eps(x, e, pair[0])
     for eta in (0.0, 0.7):
-        np.testing.assert_array_equal(rd.ddim_step(x, e, *pair, eta=eta, noise=z, x0=x0),
+        np.testing.assert_array_equal(rd.ddim_step(x, e, *pair, eta=eta, noise=z, x0_hat=x0),
                                       rd.ddim_step(x, e, *pair, eta=eta, noise=z))
-    np.testing.assert_array_equal(rd.ddpm_step(x, e, *pair, z, x0=x0), rd.ddpm_step(x, e, *pair, z))
+    np.testing.assert_array_equal(rd.ddpm_step(x, e, *pair, z, x0_hat=x0), rd.ddpm_step(x, e, *pair, z))
 
 
 @given(b=batch(3), pair=alpha_pair())
@@ -139,5 +139,5 @@ def test_zero_terminal_snr_needs_x0():
     # with a v-model's x̂_0 the step is defined: x̂_0 = −v, ε̂ = x_t at ᾱ = 0
     v = np.full((1, 2), 0.25)
     x0, eps = rd.predict_x0_eps(x, v, 0.0, "v_prediction")
-    out = rd.ddim_step(x, eps, 0.0, 0.5, x0=x0)
+    out = rd.ddim_step(x, eps, 0.0, 0.5, x0_hat=x0)
     np.testing.assert_allclose(out, np.sqrt(0.5) * -0.25 + np.sqrt(0.5) * 1.0)

@@ -225,10 +225,10 @@ def test_sample_guidance_scales():
 
 @pytest.mark.parametrize("call,exc,match", [
     (lambda: rd.sample_timesteps(np.zeros(3), 10, generator=None), TypeError, "generator is required"),
-    (lambda: rd.sample_timesteps(np.zeros(3), 0, generator=0), ValueError, "num_timesteps must be"),
+    (lambda: rd.sample_timesteps(np.zeros(3), 0, generator=0), ValueError, "num_train_timesteps must be"),
     (lambda: rd.alpha_bar_at(rd.linear_schedule(5), np.array([5])), ValueError, r"t must lie in \[0, 4\]"),
     (lambda: rd.alpha_bar_at(rd.linear_schedule(5), np.array([1.0])), TypeError, "t must have an integer"),
-    (lambda: rd.drop_condition(np.arange(3), 10, 1.5, generator=0), ValueError, r"p must lie in \[0.0, 1.0\]"),
+    (lambda: rd.drop_condition(np.arange(3), 10, 1.5, generator=0), ValueError, r"p must lie in \[0, 1\]"),
     (lambda: rd.drop_condition(np.arange(3), 0.5, 0.1, generator=0), TypeError, "null_cond must be an int"),
     (lambda: rd.drop_condition(np.ones((3, 2)), np.ones(3), 0.1, generator=0), ValueError,
      r"null_cond must have shape \(\), \(2,\) or \(3, 2\)"),

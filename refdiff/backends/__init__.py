@@ -68,8 +68,8 @@ class Backend:
         """∇ₓ fn(x) for a scalar-valued ``fn``."""
         raise TypeError(
             f"the {self.name} backend has no automatic differentiation: pass an analytic "
-            "gradient (grad_fn=... to refdiff.classifier_gradient, classifier_grad=... to "
-            "refdiff.sample), or use torch tensors"
+            "gradient (grad_log_prob=... to refdiff.classifier_gradient, or "
+            "refdiff.Guidance(grad_log_prob=...) to refdiff.sample), or use torch tensors"
         )
 
     def to_numpy(self, a: Any):

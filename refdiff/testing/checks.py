@@ -9,10 +9,10 @@ check                      candidate
 ========================  ================================================================
 check_schedule             ``candidate(kind, T, **params) -> alphas_cumprod`` (T,)
 check_timesteps            ``candidate(T, n, spacing) -> sequence of int`` (descending)
-check_q_sample             ``candidate(x0, noise, t) -> x_t``
+check_q_sample             ``candidate(x0, eps, t) -> x_t``
 check_posterior            ``candidate(x0, x_t, t, t_prev) -> (mean, variance)``
 check_cfg                  ``candidate(eps_uncond, eps_cond, scale) -> eps``
-check_classifier_guidance  ``candidate(eps, grad, t, scale) -> eps``  (CG Algorithm 2)
+check_classifier_guidance  ``candidate(eps, grad_log_prob, t, scale) -> eps``  (CG Alg. 2)
 ========================  ================================================================
 
 The arrays a candidate receives are drawn in float64, rounded to ``dtype`` and moved to
@@ -49,17 +49,30 @@ DEFAULT_SCHEDULE = S.ScheduleSpec("linear", 1000)
 @dataclass(frozen=True)
 class Target:
     """Where the candidate's inputs live: ``backend`` ("numpy", "torch", "array_api_strict"),
-    ``dtype`` and ``device``."""
+    ``dtype`` and ``device``. refdiff's own backend tests use the same class for their matrix."""
 
     backend: str = "numpy"
     dtype: str = "float64"
     device: str = "cpu"
 
+    @property
+    def id(self) -> str:
+        """A readable id: ``numpy-float64``, ``torch-cpu-float32``, ``array_api_strict-device1-float32``."""
+        dev = "" if self.backend == "numpy" or (self.backend == "array_api_strict"
+                                                 and self.device == "cpu") else f"{self.device}-"
+        return f"{self.backend}-{dev}{self.dtype}"
+
     def put(self, a: np.ndarray):
+        """A NumPy float64 array (or float) as an array of this target."""
         return from_numpy(a, self.backend, self.dtype, self.device)
 
     def rounded(self, a: np.ndarray) -> np.ndarray:
+        """The float64 values of ``a`` after rounding to this target's dtype."""
         return to_numpy(self.put(a))
+
+    def with_dtype(self, dtype: str) -> "Target":
+        """The same backend and device in another dtype (e.g. float64 ᾱ arrays: cast late)."""
+        return Target(self.backend, dtype, self.device)
 
 
 def resolve_schedule(schedule: Any) -> tuple[rd.Schedule, str]:
@@ -67,7 +80,7 @@ def resolve_schedule(schedule: Any) -> tuple[rd.Schedule, str]:
     schedule = DEFAULT_SCHEDULE if schedule is None else schedule
     if isinstance(schedule, S.ScheduleSpec):
         return schedule.build(), repr(schedule)
-    return schedule, (f"rd.Schedule.from_betas(your_betas)  # T = {schedule.num_timesteps}")
+    return schedule, (f"rd.Schedule.from_betas(your_betas)  # T = {schedule.num_train_timesteps}")
 
 
 def compare(actual: Any, expected: Any, *, dtype: str, device: str = "cpu", inputs=(),
@@ -154,21 +167,22 @@ def check_q_sample(candidate: Callable, *, schedule=None, target: Target = Targe
                    max_examples: int = 100, seed: int | None = None) -> CheckResult:
     """x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε at random t of ``schedule`` (DDPM Eq. 4)."""
     sched, src = resolve_schedule(schedule)
-    strategy = st.tuples(_arrays(2), st.integers(0, sched.num_timesteps - 1))
+    strategy = st.tuples(_arrays(2), st.integers(0, sched.num_train_timesteps - 1))
 
     def trial(ex):
-        (x0, noise), t = ex
-        x0, noise = target.rounded(x0), target.rounded(noise)
-        actual = candidate(target.put(x0), target.put(noise), t)
-        compare(actual, R.q_sample(sched, x0, noise, t), dtype=target.dtype,
-                device=target.device, inputs=(x0, noise), what="x_t")
+        (x0, eps), t = ex
+        x0, eps = target.rounded(x0), target.rounded(eps)
+        actual = candidate(target.put(x0), target.put(eps), t)
+        compare(actual, R.q_sample(x0, t, eps, schedule=sched), dtype=target.dtype,
+                device=target.device, inputs=(x0, eps), what="x_t")
 
     def describe(ex):
-        (x0, noise), t = ex
-        return {"x0": x0, "noise": noise, "t": t}
+        (x0, eps), t = ex
+        return {"x0": x0, "eps": eps, "t": t}
 
     def reproduce(d):
-        return snippet("R.q_sample(schedule, x0, noise, t)", "candidate(x0, noise, t)", d, src)
+        return snippet("R.q_sample(x0, t, eps, schedule=schedule)", "candidate(x0, eps, t)", d,
+                       src)
 
     return run("q_sample", strategy, trial, describe=describe, reproduce=reproduce, max_examples=max_examples,
                seed=seed)
@@ -179,13 +193,14 @@ def check_posterior(candidate: Callable, *, schedule=None, spacings=rd.SPACINGS,
                     max_examples: int = 100, seed: int | None = None) -> CheckResult:
     """Mean and variance of q(x_prev | x_t, x_0) between consecutive listed timesteps."""
     sched, src = resolve_schedule(schedule)
-    strategy = st.tuples(_arrays(2), S.timestep_pairs(sched.num_timesteps, spacings))
+    strategy = st.tuples(_arrays(2), S.timestep_pairs(sched.num_train_timesteps, spacings))
 
     def trial(ex):
         (x0, x_t), (_, _, t, t_prev) = ex
         x0, x_t = target.rounded(x0), target.rounded(x_t)
         mean, var = candidate(target.put(x0), target.put(x_t), t, t_prev)
-        e_mean, e_var = R.posterior(sched, x0, x_t, t, t_prev, final_alpha_bar=final_alpha_bar)
+        e_mean, e_var = R.posterior(x0, x_t, t, t_prev, schedule=sched,
+                                    final_alpha_bar=final_alpha_bar)
         compare(mean, e_mean, dtype=target.dtype, device=target.device, inputs=(x0, x_t),
                 what="posterior mean")
         var = np.broadcast_to(to_numpy(var), x_t.shape)
@@ -196,7 +211,7 @@ def check_posterior(candidate: Callable, *, schedule=None, spacings=rd.SPACINGS,
         return {"x0": x0, "x_t": x_t, "t": t, "t_prev": t_prev, "n": n, "spacing": spacing}
 
     def reproduce(d):
-        return snippet(f"R.posterior(schedule, x0, x_t, t, t_prev, "
+        return snippet(f"R.posterior(x0, x_t, t, t_prev, schedule=schedule, "
                        f"final_alpha_bar={final_alpha_bar!r})",
                        "candidate(x0, x_t, t, t_prev)", d, src)
 
@@ -240,24 +255,24 @@ def check_classifier_guidance(candidate: Callable, *, schedule=None, target: Tar
                               max_examples: int = 100, seed: int | None = None) -> CheckResult:
     """ε̂' = ε̂ − s·√(1−ᾱ_t)·∇ log p(y | x_t) at random t and scale (CG Algorithm 2)."""
     sched, src = resolve_schedule(schedule)
-    strategy = st.tuples(_arrays(2), st.integers(0, sched.num_timesteps - 1),
+    strategy = st.tuples(_arrays(2), st.integers(0, sched.num_train_timesteps - 1),
                          S.guidance_scales(0.0, 20.0))
 
     def trial(ex):
         (eps, grad), t, s = ex
         eps, grad = target.rounded(eps), target.rounded(grad)
         actual = candidate(target.put(eps), target.put(grad), t, s)
-        compare(actual, R.classifier_guided_eps(sched, eps, grad, t, s), dtype=target.dtype,
-                device=target.device, inputs=(eps, grad), scale=max(1.0, abs(s)) * 3.0,
-                what="guided eps")
+        compare(actual, R.classifier_guided_eps(eps, grad, t, s, schedule=sched),
+                dtype=target.dtype, device=target.device, inputs=(eps, grad),
+                scale=max(1.0, abs(s)) * 3.0, what="guided eps")
 
     def describe(ex):
         (eps, grad), t, s = ex
-        return {"eps": eps, "grad": grad, "t": t, "scale": s}
+        return {"eps": eps, "grad_log_prob": grad, "t": t, "scale": s}
 
     def reproduce(d):
-        return snippet("R.classifier_guided_eps(schedule, eps, grad, t, scale)",
-                       "candidate(eps, grad, t, scale)", d, src)
+        return snippet("R.classifier_guided_eps(eps, grad_log_prob, t, scale, schedule=schedule)",
+                       "candidate(eps, grad_log_prob, t, scale)", d, src)
 
     return run("classifier guidance", strategy, trial, describe=describe, reproduce=reproduce,
                max_examples=max_examples, seed=seed)

@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                    help="scheduler configuration (diffusers targets)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="check option: eta=0.5, variance=fixed_large, clip_x0=1.0, ...")
+                   help="check option: eta=0.5, variance_type=fixed_large, clip_x0=1.0, ...")
     p.add_argument("--schedule", default="linear:1000", metavar="KIND:T",
                    help="schedule of a function target (default linear:1000)")
     p.add_argument("--backend", default="numpy", choices=["numpy", "torch", "array_api_strict"])

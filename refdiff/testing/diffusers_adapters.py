@@ -25,7 +25,7 @@ keeps diffusers' float32 table (then run the checks with ``Target("torch", "floa
 :meth:`DiffusersScheduler.conventions` gives the check options that the configuration
 implies: ``final_alpha_bar`` ("alpha_bar_0" for DDIM with ``set_alpha_to_one=False``),
 ``clip_x0`` (``clip_sample_range`` when ``clip_sample``), ``rederive_eps``
-(``use_clipped_model_output``), ``variance`` (``fixed_small``/``fixed_small_log`` →
+(``use_clipped_model_output``), ``variance_type`` (``fixed_small``/``fixed_small_log`` →
 "fixed_small", ``fixed_large``/``fixed_large_log`` → "fixed_large"), ``offset``
 (``steps_offset``) and ``spacings``.
 
@@ -47,7 +47,7 @@ from refdiff.testing.strategies import ScheduleSpec
 
 KINDS = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2",
          "zero_snr_linear": "linear"}
-VARIANCES = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
+VARIANCE_TYPES = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
              "fixed_large": "fixed_large", "fixed_large_log": "fixed_large"}
 
 
@@ -117,9 +117,9 @@ class DiffusersScheduler:
         if check in ("ddim", "loop") and self.is_ddim:
             out["rederive_eps"] = self.use_clipped
         if check in ("ddpm", "loop") and not self.is_ddim:
-            if c["variance_type"] not in VARIANCES:
+            if c["variance_type"] not in VARIANCE_TYPES:
                 raise ValueError(f"variance_type {c['variance_type']!r} is not mapped")
-            out["variance"] = VARIANCES[c["variance_type"]]
+            out["variance_type"] = VARIANCE_TYPES[c["variance_type"]]
         if check == "loop":
             out["sampler"] = "ddim" if self.is_ddim else "ddpm"
         return out

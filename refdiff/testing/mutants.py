@@ -39,7 +39,7 @@ def hand_ddim(schedule: rd.Schedule, *, eta_power: int = 2, prev: str = "listed"
               final: str = "one", clip: float | None = None, rederive: bool = True) -> Callable:
     """A tutorial DDIM step. Bugs: ``eta_power=1`` (σ² = η·β̃), ``prev="t-1"`` or
     ``"stride"`` (t − T//n), ``final="alpha_bar_0"``, ``rederive=False`` after clipping."""
-    table, T = np.asarray(schedule.alphas_cumprod), schedule.num_timesteps
+    table, T = np.asarray(schedule.alphas_cumprod), schedule.num_train_timesteps
 
     def step(x_t, eps, t, t_prev, *, eta, noise, num_inference_steps):
         last = t_prev < 0
@@ -159,7 +159,7 @@ MUTANTS = [
     Case("DDIM: last step to alpha_bar_0", SC.check_ddim_step,
          lambda s: hand_ddim(s, final="alpha_bar_0")),
     Case("DDPM: noise on the last step (t > 0)", SC.check_ddpm_step,
-         lambda s: hand_ddpm(s, variance="fixed_large", noise_if="t>0"), {"variance": "fixed_large"}),
+         lambda s: hand_ddpm(s, variance="fixed_large", noise_if="t>0"), {"variance_type": "fixed_large"}),
     Case("posterior: mean coefficients swapped", C.check_posterior,
          lambda s: hand_posterior(s, swapped=True)),
     Case("DDIM: eps not re-derived after clipping", SC.check_ddim_step,
@@ -178,7 +178,7 @@ CONTROLS = [
     Case("DDIM step, clipped", SC.check_ddim_step, lambda s: hand_ddim(s, clip=1.0), _CLIP),
     Case("DDPM step", SC.check_ddpm_step, lambda s: hand_ddpm(s)),
     Case("DDPM step, fixed_large", SC.check_ddpm_step,
-         lambda s: hand_ddpm(s, variance="fixed_large"), {"variance": "fixed_large"}),
+         lambda s: hand_ddpm(s, variance="fixed_large"), {"variance_type": "fixed_large"}),
     Case("posterior", C.check_posterior, lambda s: hand_posterior(s)),
     Case("schedule", C.check_schedule, lambda s: hand_schedule()),
     Case("timesteps", C.check_timesteps, lambda s: hand_timesteps()),

@@ -17,7 +17,7 @@ step, the last one included: refdiff's convention is that the last step adds non
 implementation that decides by ``t > 0`` instead of by position fails whenever its last-step
 variance is not zero. ``num_inference_steps`` is there for implementations that need it (a
 stride ``T // n``); refdiff's own steps ignore it. The conventions the candidate claims
-(``final_alpha_bar``, ``variance``, ``clip_x0``, ``rederive_eps``, ``eta``) are options of the
+(``final_alpha_bar``, ``variance_type``, ``clip_x0``, ``rederive_eps``, ``eta``) are options of the
 check; the timestep lists are refdiff's (:func:`refdiff.inference_timesteps`) for every
 spacing in ``spacings``.
 
@@ -63,7 +63,7 @@ def _x0_scale(sched: rd.Schedule, x_t, eps, t: int) -> float:
 def _step_check(name: str, candidate: Callable, reference: Callable, *, schedule, spacings,
                 offset, max_steps, eta, target: Target, conventions: dict, max_examples, seed):
     sched, src = resolve_schedule(schedule)
-    strategy = _step_examples(sched.num_timesteps, spacings, offset, max_steps, eta)
+    strategy = _step_examples(sched.num_train_timesteps, spacings, offset, max_steps, eta)
     with_eta = name == "DDIM step"
 
     def trial(ex):
@@ -72,7 +72,8 @@ def _step_check(name: str, candidate: Callable, reference: Callable, *, schedule
         extra = {"eta": eta_} if with_eta else {}
         actual = candidate(target.put(x_t), target.put(eps), t, t_prev, noise=target.put(noise),
                            num_inference_steps=n, **extra)
-        expected = reference(sched, x_t, eps, t, t_prev, noise=noise, **extra, **conventions)
+        expected = reference(x_t, eps, t, t_prev, noise=noise, schedule=sched, **extra,
+                             **conventions)
         compare(actual, expected, dtype=target.dtype, device=target.device,
                 inputs=(x_t, eps, noise, _x0_scale(sched, x_t, eps, t)), what="x_prev")
 
@@ -85,8 +86,8 @@ def _step_check(name: str, candidate: Callable, reference: Callable, *, schedule
     def reproduce(d):
         extra = ", eta=eta" if with_eta else ""
         conv = "".join(f", {k}={v!r}" for k, v in conventions.items())
-        return snippet(f"R.{reference.__name__}(schedule, x_t, eps, t, t_prev, noise=noise"
-                       f"{extra}{conv})",
+        return snippet(f"R.{reference.__name__}(x_t, eps, t, t_prev, noise=noise, "
+                       f"schedule=schedule{extra}{conv})",
                        f"candidate(x_t, eps, t, t_prev, noise=noise{extra}, num_inference_steps=n)",
                        d, src)
 
@@ -111,14 +112,15 @@ def check_ddim_step(candidate: Callable, *, schedule=None, spacings=rd.SPACINGS,
 
 
 def check_ddpm_step(candidate: Callable, *, schedule=None, spacings=rd.SPACINGS, offset: int = 0,
-                    variance: str = "fixed_small", final_alpha_bar: str = "one", clip_x0=None,
+                    variance_type: str = "fixed_small", final_alpha_bar: str = "one", clip_x0=None,
                     max_steps: int | None = None, target: Target = Target(),
                     max_examples: int = 150, seed: int | None = None) -> CheckResult:
     """One DDPM step between consecutive listed timesteps (posterior mean at x̂_0 plus σ·z).
 
     σ² = β̃ ("fixed_small") or β' = 1 − ᾱ_t/ᾱ_prev ("fixed_large"); no noise on the last step.
     """
-    conventions = {"variance": variance, "final_alpha_bar": final_alpha_bar, "clip_x0": clip_x0}
+    conventions = {"variance_type": variance_type, "final_alpha_bar": final_alpha_bar,
+                   "clip_x0": clip_x0}
     return _step_check("DDPM step", candidate, R.ddpm_step, schedule=schedule, spacings=spacings,
                        offset=offset, max_steps=max_steps, eta=0.0, target=target,
                        conventions=conventions, max_examples=max_examples, seed=seed)
@@ -137,10 +139,10 @@ def check_sampling_loop(candidate: Callable, *, model: Callable = default_model,
     """A whole loop over a listed timestep sequence driven by ``model``, against refdiff's.
 
     ``conventions`` are those of :func:`check_ddim_step` (``eta``, ``final_alpha_bar``,
-    ``clip_x0``, ``rederive_eps``) or :func:`check_ddpm_step` (``variance``, ...).
+    ``clip_x0``, ``rederive_eps``) or :func:`check_ddpm_step` (``variance_type``, ...).
     """
     sched, src = resolve_schedule(schedule)
-    T = sched.num_timesteps
+    T = sched.num_train_timesteps
     lists = S.timestep_lists(T, spacings, max_steps, offset)
     strategy = st.tuples(lists, S.shapes(max_dims=2)).flatmap(
         lambda ls: st.tuples(st.just(ls[0]), st.tuples(*[S.arrays(ls[1])] * (ls[0][0] + 1))))
@@ -149,7 +151,8 @@ def check_sampling_loop(candidate: Callable, *, model: Callable = default_model,
         (n, _, ts), arrays = ex
         x_T, *noises = (target.rounded(a) for a in arrays)
         actual = candidate(model, target.put(x_T), list(ts), [target.put(z) for z in noises])
-        expected = R.sample(sched, model, x_T, ts, noises, sampler=sampler, **conventions)
+        expected = R.sample(model, x_T, ts, noises, schedule=sched, sampler=sampler,
+                            **conventions)
         compare(actual, expected, dtype=target.dtype, device=target.device,
                 inputs=(x_T, *noises), rtol=None, what=f"x_0 after {n} steps",
                 scale=10.0 * n * max(1.0, float(np.max(np.abs(expected), initial=1.0))))
@@ -162,7 +165,8 @@ def check_sampling_loop(candidate: Callable, *, model: Callable = default_model,
         conv = "".join(f", {k}={v!r}" for k, v in conventions.items())
         head = ("from refdiff.testing.step_checks import default_model as model\n"
                 if model is default_model else "model = ...  # your model(x_t, t)\n")
-        return head + snippet(f"R.sample(schedule, model, x_T, timesteps, noises, sampler={sampler!r}{conv})",
+        return head + snippet(f"R.sample(model, x_T, timesteps, noises, schedule=schedule, "
+                              f"sampler={sampler!r}{conv})",
                               "candidate(model, x_T, timesteps, noises)", d, src)
 
     return run(f"{sampler.upper()} sampling loop", strategy, trial, describe=describe,
