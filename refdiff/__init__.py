@@ -7,7 +7,9 @@ docs/conventions.md and the README, and in the docstrings of each module.
 """
 
 from refdiff.classifier_free import cfg, cfg_multi, cfg_scale_from_w, guidance_rescale, w_from_cfg_scale
-from refdiff.classifier_guidance import classifier_gradient, classifier_guided_eps, classifier_guided_mean
+from refdiff.classifier_guidance import (classifier_gradient, classifier_guided_eps,
+                                         classifier_guided_mean, cross_entropy, label_log_prob,
+                                         noisy_classifier_loss)
 from refdiff.distillation import (guidance_distillation_target, guidance_scale_embedding,
                                   sample_guidance_scales, sinusoidal_embedding)
 from refdiff.forward import (PREDICTION_TYPES, posterior_coefficients, predict_x0_eps,
@@ -18,8 +20,7 @@ from refdiff.schedules import (SPACINGS, Schedule, cosine_schedule,
                                linear_schedule, rescale_zero_terminal_snr, scaled_linear_schedule)
 from refdiff.steps import (VARIANCE_TYPES, ddim_inversion_step, ddim_sigma, ddim_step,
                            ddpm_mean_variance, ddpm_step)
-from refdiff.training import (alpha_bar_at, cross_entropy, diffusion_loss, drop_condition,
-                              label_log_prob, min_snr_weight, noisy_classifier_loss,
+from refdiff.training import (alpha_bar_at, diffusion_loss, drop_condition, min_snr_weight,
                               sample_timesteps, snr)
 
 __version__ = "0.2.0"

@@ -20,7 +20,7 @@ reshaped to ``(B, 1, ..., 1)`` so that it broadcasts over the non-batch axes of 
 bodies compute coefficients from it in float64 (or in the array's own dtype) and cast them to
 the dtype of ``x`` once, with :func:`cast`, on a line of their own ("cast late").
 
-Nothing here holds state but one cache of facts about array *types* (:func:`_type_info`).
+Nothing here holds state but one cache of facts about array types and dtypes (``_FACTS``).
 """
 
 from __future__ import annotations
@@ -42,28 +42,29 @@ class _TypeInfo(NamedTuple):
     xp: Any          # its namespace (None until first asked, or when not cacheable)
 
 
-# Facts about an array *type*, never about a value, for the libraries whose answers depend on
-# the type alone. Other types (third-party namespaces; JAX, whose checks are value-dependent)
-# are asked every call. Filled on first use and never reset: results are those of the
-# uncached calls, only the repeated look-ups go (most of the per-call cost on small arrays).
+# The one cache: facts about array *types* (a _TypeInfo per type) and about dtypes (is it real
+# floating?), never about values, for the libraries whose answers depend on the type alone.
+# Other types (third-party namespaces; JAX, whose checks are value-dependent) are asked every
+# call. Filled on first use and never reset: results are those of the uncached calls; only
+# the repeated look-ups go (they were most of the per-call cost on small arrays).
 _CACHEABLE = frozenset({"builtins", "numpy", "torch", "array_api_strict"})
-_TYPES: dict[type, _TypeInfo] = {}
+_FACTS: dict[Any, Any] = {}
 
 
 def _type_info(a: Any) -> _TypeInfo:
     t = type(a)
-    info = _TYPES.get(t)
+    info = _FACTS.get(t)
     if info is None:
         root = t.__module__.split(".")[0]
         info = _TypeInfo(root, _compat.is_array_api_obj(a) and not isinstance(a, _SCALARS), None)
         if root in _CACHEABLE:
-            _TYPES[t] = info
+            _FACTS[t] = info
     return info
 
 
 def is_array(a: Any) -> bool:
     """True for an array of any array-API library (not for Python scalars)."""
-    return _type_info(a).is_array
+    return not isinstance(a, float) and _type_info(a).is_array
 
 
 def _library(a: Any) -> str:
@@ -84,20 +85,6 @@ def on_host(a: Any) -> bool:
         return True
     kind = getattr(device(a), "type", None)  # torch.device has .type; others are host or fake
     return kind in (None, "cpu")
-
-
-def _xp_of(first: Any, named: list[tuple[str, Any]]):
-    """The namespace of arrays already known to share one type (cached) or one library."""
-    t = type(first)
-    if all(type(a) is t for _, a in named):
-        info = _TYPES.get(t)
-        if info is not None and info.xp is not None:
-            return info.xp
-        xp = _compat.array_namespace(first)
-        if info is not None:
-            _TYPES[t] = info._replace(xp=xp)
-        return xp
-    return _compat.array_namespace(*(a for _, a in named))
 
 
 def namespace(**arrays: Any):
@@ -122,31 +109,66 @@ def namespace(**arrays: Any):
     ValueError
         If two arguments live on different devices (both are named).
     """
-    named = [(k, v) for k, v in arrays.items() if v is not None and is_array(v)]
-    if not named:
-        raise TypeError("expected at least one array argument, got none among "
-                        f"{', '.join(arrays) or '()'}; pass arrays, or use the xp= keyword "
-                        "where offered")
-    first_name, first = named[0]
-    root = _type_info(first).root
-    for name, a in named[1:]:
-        if _type_info(a).root != root:
-            raise TypeError(f"{first_name} is a {_library(first)} but {name} is a "
+    return _namespace(arrays.items())
+
+
+def _namespace(items):
+    """:func:`namespace` of (name, value) pairs, in one pass."""
+    named, root, one_type = [], None, True
+    for name, a in items:
+        if a is None or isinstance(a, float):
+            continue
+        info = _type_info(a)
+        if not info.is_array:
+            continue
+        if not named:
+            root = info.root
+        elif info.root != root:
+            raise TypeError(f"{named[0][0]} is a {_library(named[0][1])} but {name} is a "
                             f"{_library(a)}; refdiff does not mix array libraries in one "
                             "call: convert one of them")
-    xp = _xp_of(first, named)
+        else:
+            one_type = one_type and type(a) is type(named[0][1])
+        named.append((name, a))
+    if not named:
+        names = ", ".join(name for name, _ in items) or "()"
+        raise TypeError(f"expected at least one array argument, got none among {names}; "
+                        "pass arrays, or use the xp= keyword where offered")
     if root != "numpy":  # NumPy arrays all live on the host device "cpu"
-        dev = device(first)
+        dev = device(named[0][1])
         for name, a in named[1:]:
             if device(a) != dev:
-                raise ValueError(f"{first_name} is on device {dev} but {name} is on device "
+                raise ValueError(f"{named[0][0]} is on device {dev} but {name} is on device "
                                  f"{device(a)}; move them to one device")
+    return _xp_of(named, one_type)
+
+
+def _xp_of(named: list[tuple[str, Any]], one_type: bool):
+    """The namespace of arrays of one library: cached per type when they share one type."""
+    first = named[0][1]
+    if not one_type:
+        return _compat.array_namespace(*(a for _, a in named))
+    info = _FACTS.get(type(first))
+    if info is not None and info.xp is not None:
+        return info.xp
+    xp = _compat.array_namespace(first)
+    if info is not None:
+        _FACTS[type(first)] = info._replace(xp=xp)
     return xp
 
 
 def check_floating(xp, name: str, a: Any) -> None:
     """Raise TypeError unless ``a`` has a real floating dtype."""
-    if not xp.isdtype(a.dtype, "real floating"):
+    key = (xp, a.dtype)
+    try:
+        ok = _FACTS.get(key)
+    except TypeError:  # an unhashable dtype object: ask every time
+        key, ok = None, None
+    if ok is None:
+        ok = bool(xp.isdtype(a.dtype, "real floating"))
+        if key is not None and _type_info(a).root in _CACHEABLE:
+            _FACTS[key] = ok
+    if not ok:
         raise TypeError(f"{name} must have a real floating dtype, got {a.dtype}")
 
 
@@ -157,7 +179,7 @@ def arrays(ref_name: str, ref: Any, **others: Any):
     ``ref``; the dtype and shape of ``ref`` for each of ``others`` (:func:`like`; ``None``
     entries are optional arguments not given). refdiff never promotes dtypes silently.
     """
-    xp = namespace(**{ref_name: ref}, **others)
+    xp = _namespace(((ref_name, ref), *others.items()))
     check_floating(xp, ref_name, ref)
     like(xp, ref_name, ref, **others)
     return xp
@@ -166,7 +188,7 @@ def arrays(ref_name: str, ref: Any, **others: Any):
 def returned(xp, ref_name: str, ref: Any, **results: Any) -> None:
     """Check arrays returned by a user's callable (a model, a gradient) against ``ref``, an
     array the caller has already checked: library, device, dtype and shape."""
-    namespace(**{ref_name: ref}, **results)
+    _namespace(((ref_name, ref), *results.items()))
     like(xp, ref_name, ref, **results)
 
 
@@ -220,7 +242,7 @@ def level(xp, name: str, value: Any, x: Any, *, lo: float = 0.0, hi: float = 1.0
     ``(B, 1, ..., 1)`` (or 0-d) in its own floating dtype, range-checked when on the host.
     With ``x=None`` an array keeps its shape.
     """
-    if not is_array(value):
+    if isinstance(value, float) or not is_array(value):
         return number(name, value, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open,
                       kind="a float or an array")
     if x is not None:
@@ -288,13 +310,6 @@ def choice(name: str, value: Any, valid: tuple[str, ...]) -> str:
     return value
 
 
-def flag(name: str, value: Any) -> bool:
-    """A Python bool (no truthiness: ``"no"`` is not False)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
-    return value
-
-
 # ----- used by the bodies -----------------------------------------------------------------
 
 def cast(xp, x: Any, *coefs: Any) -> tuple:
@@ -302,12 +317,13 @@ def cast(xp, x: Any, *coefs: Any) -> tuple:
 
     Python floats stay Python floats (weak scalars take the dtype of ``x``); arrays are cast.
     """
-    return tuple(c if not is_array(c) else xp.astype(c, x.dtype) for c in coefs)
+    return tuple([c if isinstance(c, float) or not is_array(c) else xp.astype(c, x.dtype)
+                  for c in coefs])
 
 
 def sqrt(xp, v: Any):
     """Square root of a Python float (host float64) or of an array."""
-    return math.sqrt(v) if not is_array(v) else xp.sqrt(v)
+    return math.sqrt(v) if isinstance(v, float) or not is_array(v) else xp.sqrt(v)
 
 
 def as_array_like(xp, value: Any, like: Any):

@@ -1,4 +1,5 @@
-"""Classifier guidance: the gradient of a noisy classifier, folded into ε̂ or into the mean.
+"""Classifier guidance: the gradient of a noisy classifier, folded into ε̂ or into the mean;
+and the noisy classifier itself: its log-probability and its training objective.
 
 Symbols: ``grad_log_prob`` = g = ∇_{x_t} log p_φ(y | x_t), taken at x_t with the original
 training timestep of the step (the same name everywhere: the array here, the callable in
@@ -26,6 +27,8 @@ from typing import Any, Callable
 
 from refdiff import _xp
 from refdiff._xp import cast, sqrt
+from refdiff.forward import q_sample
+from refdiff.training import REDUCTIONS, _reduce
 
 
 # ----- bodies: math only ------------------------------------------------------------------
@@ -156,3 +159,116 @@ def classifier_gradient(log_prob: Callable[[Any], Any], x_t: Any, *,
     xp = _xp.namespace(x_t=x_t)
     _xp.check_floating(xp, "x_t", x_t)
     return _classifier_gradient(xp, log_prob, x_t, grad_log_prob)
+
+
+# ----- the noisy classifier: its log-probability and its training objective ---------------
+
+def _log_softmax(xp, logits: Any):
+    shifted = logits - xp.max(logits, axis=-1, keepdims=True)     # l − max(l), for stability
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
+
+
+def _label_log_prob(xp, logits: Any, labels: Any):
+    classes = xp.arange(logits.shape[1], dtype=labels.dtype, device=_xp.device(labels))
+    onehot = xp.expand_dims(labels, axis=-1) == classes
+    return xp.sum(xp.where(onehot, _log_softmax(xp, logits), xp.zeros_like(logits)), axis=-1)
+
+
+def _check_logits_labels(logits: Any, labels: Any):
+    xp = _xp.namespace(logits=logits, labels=labels)
+    _xp.check_floating(xp, "logits", logits)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must have shape (B, K), got {tuple(logits.shape)}")
+    if not xp.isdtype(labels.dtype, "integral") or tuple(labels.shape) != (logits.shape[0],):
+        raise TypeError(f"labels must be an integer array of shape ({logits.shape[0]},), got "
+                        f"{labels.dtype} of shape {tuple(labels.shape)}")
+    K = logits.shape[1]
+    if _xp.on_host(labels) and bool(xp.any((labels < 0) | (labels >= K))):
+        raise ValueError(f"labels must lie in [0, {K - 1}]")
+    return xp
+
+
+def log_softmax(logits: Any):
+    """log softmax over the last axis, computed as l − max(l) − log Σ exp(l − max(l)).
+
+    Parameters
+    ----------
+    logits : floating array, shape (..., K)
+
+    Returns
+    -------
+    array, shape, dtype and device of ``logits``
+    """
+    xp = _xp.namespace(logits=logits)
+    _xp.check_floating(xp, "logits", logits)
+    return _log_softmax(xp, logits)
+
+
+def label_log_prob(logits: Any, labels: Any):
+    """log p(y | ·) = log_softmax(logits)[b, y_b]: shape (B,). The ``classifier`` of
+    :class:`refdiff.Guidance` returns this at (x_t, t).
+
+    Parameters
+    ----------
+    logits : array, shape (B, K)
+    labels : integer array, shape (B,), values in [0, K)
+
+    Returns
+    -------
+    array, shape (B,), dtype of ``logits``
+    """
+    xp = _check_logits_labels(logits, labels)
+    return _label_log_prob(xp, logits, labels)
+
+
+def cross_entropy(logits: Any, labels: Any, *, reduction: str = "mean"):
+    """Cross-entropy −log p(y | ·) from unnormalised logits (B, K) and int labels (B,).
+
+    Parameters
+    ----------
+    logits : array, shape (B, K)
+    labels : integer array, shape (B,), values in [0, K)
+    reduction : {"mean", "none"}
+
+    Returns
+    -------
+    array, shape () or (B,), dtype of ``logits``
+    """
+    xp = _check_logits_labels(logits, labels)
+    _xp.choice("reduction", reduction, REDUCTIONS)
+    return _reduce(xp, -_label_log_prob(xp, logits, labels), reduction)
+
+
+def noisy_classifier_loss(classifier: Callable[[Any, Any], Any], x0: Any, labels: Any,
+                          t: Any, alpha_bar_t: Any, eps: Any, *, reduction: str = "mean"):
+    """The classifier-guidance training objective: cross-entropy of p_φ(y | x_t, t).
+
+    .. math::
+        L_φ = −\\log p_φ\\big(y \\mid \\sqrt{\\bar α_t}\\,x_0
+              + \\sqrt{1 − \\bar α_t}\\,ε,\\ t\\big)
+
+    Parameters
+    ----------
+    classifier : callable
+        ``classifier(x_t, t) -> logits`` of shape (B, K).
+    x0 : array, shape (B, ...)
+    labels : integer array, shape (B,)
+    t : array, shape (B,)
+        The training timesteps passed to the classifier (from :func:`sample_timesteps`).
+    alpha_bar_t : float or array, shape () or (B,)
+        ᾱ at ``t`` (from :func:`alpha_bar_at`).
+    eps : array, shape of ``x0``
+        ε ~ N(0, I), drawn by the caller.
+    reduction : {"mean", "none"}
+
+    Returns
+    -------
+    array, shape () or (B,), dtype of the logits
+
+    References
+    ----------
+    CG, arXiv:2105.05233v4, §4 (train p_φ(y | x_t, t) on noisy images);
+    DDPM, arXiv:2006.11239v2, Eq. 4 (x_t from q(x_t | x_0)).
+    """
+    return cross_entropy(classifier(q_sample(x0, alpha_bar_t, eps), t), labels,
+                         reduction=reduction)
