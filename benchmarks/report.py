@@ -71,7 +71,10 @@ def _header(res: dict) -> list[str]:
          "The machine is shared and small (other processes were running): single "
          "numbers can move by 10–20%; compare within a table, not across runs.",
          f"- Settings: torch intra-op threads = {m.get('torch_threads', '—')} (NumPy's "
-         "element-wise loops are single-threaded too).",
+         "element-wise loops are single-threaded too); glibc told to keep freed arrays on "
+         "the heap (`mallopt`, in the benchmark script only; otherwise each large temporary "
+         "is mmap'd and page-faulted again): "
+         f"{'yes' if res.get('stable_allocator') else 'no'}.",
          "- Floor = bytes that must be read and written once ÷ this machine's measured copy "
          "bandwidth; GB/s = those bytes ÷ the measured time (an effective rate).", ""]
     if not res["cuda"]:
