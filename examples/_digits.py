@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from _output import REPO, add_output_args
+
 NUM_CLASSES = 10
 NULL_LABEL = NUM_CLASSES  # ∅: the extra label index that condition dropout puts in
 IMAGE_SHAPE = (1, 8, 8)
@@ -130,17 +132,17 @@ def write_results(out_dir: pathlib.Path, name: str, results: dict) -> pathlib.Pa
     return path
 
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+CACHE = REPO / "examples" / ".cache"  # git-ignored
 
 
 def add_common_args(parser) -> None:
-    """The options every digits example takes."""
+    """The options every digits example takes (parse them with ``_output.parse_args``)."""
     parser.add_argument("--quick", action="store_true",
                         help="a few hundred training steps and few samples (the tests' mode)")
-    parser.add_argument("--out-dir", default=str(REPO / "docs"),
-                        help="where the PNG grid and the results JSON go (default: docs/)")
-    parser.add_argument("--cache-dir", default=str(REPO / "examples" / ".cache"),
-                        help="trained state dicts, keyed by their configuration")
+    add_output_args(parser, "the PNG grid and the results JSON")
+    parser.add_argument("--cache-dir", default=str(CACHE),
+                        help="trained state dicts, keyed by their configuration (default: "
+                             "examples/.cache, git-ignored)")
     parser.add_argument("--no-cache", action="store_true", help="train every model afresh")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: fastest on a shared 2-core machine)")
@@ -148,7 +150,8 @@ def add_common_args(parser) -> None:
 
 
 def prepare(args):
-    """Threads and seeds, the data split, the evaluator, and the output/cache folders."""
+    """Threads and seeds, the data split, the evaluator, and the output/cache folders
+    (``args`` from ``_output.parse_args``: ``args.out_dir`` is already the folder to use)."""
     setup_torch(args.threads, args.seed)
     data = load_digits(seed=0)
     cache = None if args.no_cache else pathlib.Path(args.cache_dir)

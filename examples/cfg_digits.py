@@ -11,10 +11,11 @@ digits classifier (an RBF SVM, examples/_digits.py): class consistency = the fra
 samples it assigns to the label they were generated for; spread = the mean per-pixel
 standard deviation within a class (diversity, which guidance trades away).
 
-    python examples/cfg_digits.py [--quick] [--out-dir DIR] [--no-cache]
+    python examples/cfg_digits.py [--quick] [--out-dir DIR | --write-docs] [--no-cache]
 
 Writes ``training_cfg_digits.png`` (rows: scales, columns: classes 0–9) and
-``training_cfg_digits.json`` to the output folder (default docs/).
+``training_cfg_digits.json`` to the current directory (``--out-dir DIR``: there;
+``--write-docs``: the committed files in docs/, full mode only).
 
 Measured in full mode (docs/training.md has the full tables): 125 s end to end on one CPU
 thread, 70 s of it training the denoiser (6,000 steps); quick mode a few seconds. Class
@@ -37,6 +38,7 @@ import refdiff as rd
 from _digits import (NULL_LABEL, add_common_args, balanced_labels, noise, prepare, print_table,
                      save_grid, stopwatch, write_results)
 from _models import as_refdiff_model, get_teacher, teacher_config
+from _output import parse_args
 
 STEPS = {"ddim": 50, "ddpm": 100}  # sampling steps per sampler (quick mode: 10)
 
@@ -56,7 +58,7 @@ def sample_cfg(model, schedule, labels, scale, *, sampler: str, steps: int, seed
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     t_start = time.perf_counter()
     data, evaluator, out_dir, cache = prepare(args)
     teacher, info = get_teacher(data, args.quick, cache, args.seed)

@@ -5,7 +5,10 @@ unconditional ε with the exact noisy classifier at scale s (CG Algorithm 2) equ
 scale s. This runs both DDIM samplers from the same noise, prints the largest difference,
 and overlays the two sample clouds.
 
-    python examples/cg_vs_cfg.py [--quick] [--out PATH]
+    python examples/cg_vs_cfg.py [--quick] [--out-dir DIR | --write-docs]
+
+Writes ``cg_vs_cfg.png`` to the current directory (``--write-docs``: docs/cg_vs_cfg.png,
+the README's figure).
 """
 
 import argparse
@@ -16,6 +19,7 @@ import numpy as np
 import refdiff as rd
 from refdiff._plotting import pyplot, save
 from refdiff.oracle import demo_mixture
+from _output import add_output_args, parse_args
 
 
 def run(n: int, steps: int, scale: float):
@@ -35,8 +39,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--scale", type=float, default=3.0)
-    p.add_argument("--out", default="cg_vs_cfg.png")
-    args = p.parse_args(argv)
+    add_output_args(p, "the figure cg_vs_cfg.png")
+    args = parse_args(p, argv)
     n, steps = (200, 10) if args.quick else (2000, 100)
     x_cg, x_cfg, y = run(n, steps, args.scale)
     diff = float(np.max(np.abs(x_cg - x_cfg)))
@@ -51,7 +55,7 @@ def main(argv=None) -> int:
     ax.set_title(f"CG = CFG at s = {args.scale:g} (max diff {diff:.1e})", fontsize=10)
     ax.legend(loc="upper right", fontsize=8)
     ax.set_aspect("equal")
-    print(f"figure: {save(fig, args.out)}")
+    print(f"figure: {save(fig, str(args.out_dir / 'cg_vs_cfg.png'))}")
     return 0
 
 

@@ -11,7 +11,7 @@ comparison the theory suggests. Both start from the same x_T; at s = 0 both are 
 unconditional model and the samples are identical. Scores come from the separate evaluator
 (examples/_digits.py), never from the guiding classifier.
 
-    python examples/classifier_guidance_digits.py [--quick] [--out-dir DIR] [--no-cache]
+    python examples/classifier_guidance_digits.py [--quick] [--out-dir DIR | --write-docs] [--no-cache]
 
 Writes ``training_classifier_guidance.png`` and ``training_classifier_guidance.json``.
 
@@ -40,6 +40,7 @@ import refdiff as rd
 from _digits import (NULL_LABEL, add_common_args, balanced_labels, noise, prepare, print_table,
                      save_grid, write_results)
 from _models import as_refdiff_model, get_noisy_classifier, get_teacher, teacher_config
+from _output import parse_args
 from cfg_digits import sample_cfg, spread
 
 PROBE_TIMESTEPS = (0, 250, 500, 750, 900)
@@ -89,7 +90,7 @@ def compare(model, clf, schedule, labels, scales, evaluator, *, sampler, steps, 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     t_start = time.perf_counter()
     data, evaluator, out_dir, cache = prepare(args)
     teacher, t_info = get_teacher(data, args.quick, cache, args.seed)

@@ -15,7 +15,7 @@ Reported per scale, from the same x_T and with the same DDIM sampler: class cons
 paired samples; and the sampling wall time of teacher and student at s = 3 (median of
 interleaved repeats), their network evaluations, and the speed-up.
 
-    python examples/guidance_distillation_digits.py [--quick] [--out-dir DIR] [--no-cache]
+    python examples/guidance_distillation_digits.py [--quick] [--out-dir DIR | --write-docs] [--no-cache]
 
 Writes ``training_guidance_distillation.png`` and ``training_guidance_distillation.json``.
 
@@ -39,6 +39,7 @@ import refdiff as rd
 from _digits import (add_common_args, balanced_labels, noise, prepare, print_table, save_grid,
                      write_results)
 from _models import as_refdiff_model, get_student, get_teacher, teacher_config
+from _output import parse_args
 from cfg_digits import sample_cfg
 
 GAP_TOLERANCE = 0.03  # stated tolerance on |consistency(teacher) − consistency(student)|
@@ -118,7 +119,7 @@ def summary(n: int, timing: dict, worst: float) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     t_start = time.perf_counter()
     data, evaluator, out_dir, cache = prepare(args)
     teacher_net, t_info = get_teacher(data, args.quick, cache, args.seed)

@@ -16,8 +16,10 @@ from refdiff.demo import plot, run_sweep
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="few samples and steps (tests)")
-    p.add_argument("--out-dir", default=".", help="where the PNGs go")
+    p.add_argument("--out-dir", default=".", help="where the PNGs go (default: the current "
+                   "directory)")
     args = p.parse_args(argv)
+    os.makedirs(args.out_dir, exist_ok=True)
     n, steps = (300, 20) if args.quick else (3000, 200)
     scales = [0.0, 1.0, 2.0, 4.0, 8.0]
     for sampler in ("ddim", "ddpm"):

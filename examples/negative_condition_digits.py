@@ -8,7 +8,7 @@ denoiser is the one of examples/cfg_digits.py (one network for ε_k and ε_∅, 
 condition dropout). For each k and each scale, the separate evaluator measures how many
 samples still look like k ("rate of k"); the unconditional rate (s = 1) is the baseline.
 
-    python examples/negative_condition_digits.py [--quick] [--out-dir DIR] [--no-cache]
+    python examples/negative_condition_digits.py [--quick] [--out-dir DIR | --write-docs] [--no-cache]
 
 Writes ``training_negative_condition.png`` (rows: scales, columns: the class avoided) and
 ``training_negative_condition.json``.
@@ -32,6 +32,7 @@ import refdiff as rd
 from _digits import (NULL_LABEL, NUM_CLASSES, add_common_args, balanced_labels, noise, prepare,
                      print_table, save_grid, write_results)
 from _models import as_refdiff_model, get_teacher, teacher_config
+from _output import parse_args
 
 
 def sample_avoiding(model, schedule, negative, scale, *, steps, seed):
@@ -44,7 +45,7 @@ def sample_avoiding(model, schedule, negative, scale, *, steps, seed):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     t_start = time.perf_counter()
     data, evaluator, out_dir, cache = prepare(args)
     teacher, info = get_teacher(data, args.quick, cache, args.seed)

@@ -1,7 +1,10 @@
 """Noise schedules side by side: ᾱ_t and log-SNR of linear, scaled-linear, cosine and
 zero-terminal-SNR schedules, and the timesteps each spacing visits.
 
-    python examples/schedules.py [--quick] [--out PATH]
+    python examples/schedules.py [--quick] [--out-dir DIR | --write-docs]
+
+Writes ``schedules.png`` to the current directory (``--write-docs``: docs/schedules.png,
+the README's figure); ``--quick`` prints the tables only.
 """
 
 import argparse
@@ -11,6 +14,7 @@ import numpy as np
 
 import refdiff as rd
 from refdiff._plotting import pyplot, save
+from _output import add_output_args, parse_args
 
 
 def schedules(T: int):
@@ -22,10 +26,10 @@ def schedules(T: int):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("--quick", action="store_true", help="the tables only, no figure")
     p.add_argument("--steps", type=int, default=10, help="inference steps for the spacing table")
-    p.add_argument("--out", default="schedules.png")
-    args = p.parse_args(argv)
+    add_output_args(p, "the figure schedules.png")
+    args = parse_args(p, argv)
     T = 1000
     sch = schedules(T)
     print(f"{'schedule':<28} {'alpha_bar[0]':>12} {'alpha_bar[T-1]':>15} {'log-SNR[T-1]':>13}")
@@ -53,7 +57,7 @@ def main(argv=None) -> int:
     a1.set(xlabel="t", ylabel="alpha_bar_t", title="alpha_bar")
     a2.set(xlabel="t", ylabel="log SNR", title="log-SNR = log(alpha_bar / (1 - alpha_bar))")
     a1.legend(fontsize=7)
-    print(f"figure: {save(fig, args.out)}")
+    print(f"figure: {save(fig, str(args.out_dir / 'schedules.png'))}")
     return 0
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
 
-def pyplot():
+
+def pyplot() -> Any:
     """matplotlib.pyplot on the non-interactive Agg backend, or None when not installed."""
     try:
         import matplotlib
@@ -15,7 +17,7 @@ def pyplot():
     return plt
 
 
-def save(fig, path: str) -> str:
+def save(fig: Any, path: str) -> str:
     """Lay out, write as PNG, close; return the path."""
     import matplotlib.pyplot as plt
 

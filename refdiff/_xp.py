@@ -33,7 +33,7 @@ import array_api_compat as _compat
 Scalar = Any  # Python float, 0-d array or (B,) array
 
 _SCALARS = (int, float, complex, bool, str, bytes, type(None))
-_ANY_REAL = {"lo": -math.inf, "hi": math.inf}
+_ANY_REAL: dict[str, Any] = {"lo": -math.inf, "hi": math.inf}
 
 
 class _TypeInfo(NamedTuple):
@@ -72,7 +72,7 @@ def _library(a: Any) -> str:
     return f"{_type_info(a).root}.{type(a).__name__}"
 
 
-def device(a: Any):
+def device(a: Any) -> Any:
     """The device of an array (array-api-compat's ``device``; torch and array-api-strict
     arrays carry it as ``.device``)."""
     root = _type_info(a).root
@@ -87,7 +87,7 @@ def on_host(a: Any) -> bool:
     return kind in (None, "cpu")
 
 
-def namespace(**arrays: Any):
+def namespace(**arrays: Any) -> Any:
     """The namespace shared by the named arrays, after checking library and device.
 
     Parameters
@@ -112,9 +112,10 @@ def namespace(**arrays: Any):
     return _namespace(arrays.items())
 
 
-def _namespace(items):
+def _namespace(items: Any) -> Any:
     """:func:`namespace` of (name, value) pairs, in one pass."""
-    named, root, one_type = [], None, True
+    named: list[tuple[str, Any]] = []
+    root, one_type = None, True
     for name, a in items:
         if a is None or isinstance(a, float):
             continue
@@ -143,7 +144,7 @@ def _namespace(items):
     return _xp_of(named, one_type)
 
 
-def _xp_of(named: list[tuple[str, Any]], one_type: bool):
+def _xp_of(named: list[tuple[str, Any]], one_type: bool) -> Any:
     """The namespace of arrays of one library: cached per type when they share one type."""
     first = named[0][1]
     if not one_type:
@@ -157,9 +158,9 @@ def _xp_of(named: list[tuple[str, Any]], one_type: bool):
     return xp
 
 
-def check_floating(xp, name: str, a: Any) -> None:
+def check_floating(xp: Any, name: str, a: Any) -> None:
     """Raise TypeError unless ``a`` has a real floating dtype."""
-    key = (xp, a.dtype)
+    key: tuple[Any, Any] | None = (xp, a.dtype)
     try:
         ok = _FACTS.get(key)
     except TypeError:  # an unhashable dtype object: ask every time
@@ -172,27 +173,40 @@ def check_floating(xp, name: str, a: Any) -> None:
         raise TypeError(f"{name} must have a real floating dtype, got {a.dtype}")
 
 
-def arrays(ref_name: str, ref: Any, **others: Any):
+def arrays(ref_name: str, ref: Any, *, optional: tuple[str, ...] = (), **others: Any) -> Any:
     """Check the array arguments of one call and return their namespace.
 
-    One library and one device for all (:func:`namespace`); a real floating dtype for
-    ``ref``; the dtype and shape of ``ref`` for each of ``others`` (:func:`like`; ``None``
-    entries are optional arguments not given). refdiff never promotes dtypes silently.
+    Every argument must be an array, except those named in ``optional``, which may be
+    ``None`` (not given). One library and one device for all (:func:`namespace`); a real
+    floating dtype for ``ref``; the dtype and shape of ``ref`` for each of ``others``
+    (:func:`like`). refdiff never promotes dtypes silently.
     """
+    _require_arrays(((ref_name, ref), *others.items()), optional)
     xp = _namespace(((ref_name, ref), *others.items()))
     check_floating(xp, ref_name, ref)
     like(xp, ref_name, ref, **others)
     return xp
 
 
-def returned(xp, ref_name: str, ref: Any, **results: Any) -> None:
+def returned(xp: Any, ref_name: str, ref: Any, **results: Any) -> None:
     """Check arrays returned by a user's callable (a model, a gradient) against ``ref``, an
     array the caller has already checked: library, device, dtype and shape."""
+    _require_arrays(results.items())
     _namespace(((ref_name, ref), *results.items()))
     like(xp, ref_name, ref, **results)
 
 
-def like(xp, ref_name: str, ref: Any, **others: Any) -> None:
+def _require_arrays(items: Any, optional: tuple[str, ...] = ()) -> None:
+    """TypeError for an argument that is not an array (``None`` allowed for ``optional`` names)."""
+    for name, a in items:
+        if (a is None and name in optional) or (a is not None and is_array(a)):
+            continue
+        got = "None" if a is None else f"{type(a).__module__}.{type(a).__name__}"
+        raise TypeError(f"{name} must be an array (NumPy, torch, or any array-API library), "
+                        f"got {got}")
+
+
+def like(xp: Any, ref_name: str, ref: Any, **others: Any) -> None:
     """Each of ``others`` (``None`` skipped) is real floating, with the dtype and shape of ``ref``."""
     for name, a in others.items():
         if a is None:
@@ -206,7 +220,7 @@ def like(xp, ref_name: str, ref: Any, **others: Any) -> None:
                              f"{tuple(ref.shape)}, got {tuple(a.shape)}")
 
 
-def _range_error(name: str, lo: float, hi: float, lo_open: bool, hi_open: bool, got: Any):
+def _range_error(name: str, lo: float, hi: float, lo_open: bool, hi_open: bool, got: Any) -> Any:
     left, right = "(" if lo_open else "[", ")" if hi_open else "]"
     return ValueError(f"{name} must lie in {left}{lo:g}, {hi:g}{right}, got {got}")
 
@@ -233,8 +247,28 @@ def count(name: str, value: Any) -> int:
     return value
 
 
-def level(xp, name: str, value: Any, x: Any, *, lo: float = 0.0, hi: float = 1.0,
-          lo_open: bool = False, hi_open: bool = False):
+def integer(name: str, value: Any, *, lo: int | None = None, hi: int | None = None) -> int:
+    """A Python or NumPy integer in [lo, hi], as an int: TypeError for anything else (a bool,
+    a float such as 2.7 or 3.0, a string), ValueError outside the range."""
+    if isinstance(value, bool) or not hasattr(value, "__index__") or is_array(value) and getattr(
+            value, "ndim", 0) != 0:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    v = value.__index__()
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ValueError(f"{name} must lie in [{lo}, {hi if hi is not None else 'inf'}], "
+                         f"got {v}")
+    return v
+
+
+def flag(name: str, value: Any) -> bool:
+    """A Python bool (no truthiness: ``"no"`` is not False)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+def level(xp: Any, name: str, value: Any, x: Any, *, lo: float = 0.0, hi: float = 1.0,
+          lo_open: bool = False, hi_open: bool = False) -> Any:
     """Validate a per-step scalar and shape it to broadcast against ``x``.
 
     A Python number is returned as a Python float (range-checked). A 0-d, ``(B,)`` or
@@ -250,15 +284,22 @@ def level(xp, name: str, value: Any, x: Any, *, lo: float = 0.0, hi: float = 1.0
     check_floating(xp, name, value)
     if x is not None:
         value = _per_sample(xp, name, value, x)
-    if on_host(value):
-        low_bad = value <= lo if lo_open else value < lo
-        high_bad = value >= hi if hi_open else value > hi
-        if bool(xp.any(low_bad | high_bad | xp.isnan(value))):
-            raise _range_error(name, lo, hi, lo_open, hi_open, "values outside it")
+    check_values(xp, name, value, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
     return value
 
 
-def _per_sample(xp, name: str, value: Any, x: Any):
+def check_values(xp: Any, name: str, value: Any, *, lo: float, hi: float, lo_open: bool = False,
+                 hi_open: bool = False) -> None:
+    """ValueError unless every value of a host array is finite and in range (skipped on a device)."""
+    if not on_host(value):
+        return
+    low_bad = value <= lo if lo_open else value < lo
+    high_bad = value >= hi if hi_open else value > hi
+    if bool(xp.any(low_bad | high_bad | ~xp.isfinite(value))):
+        raise _range_error(name, lo, hi, lo_open, hi_open, "values outside it (or not finite)")
+
+
+def _per_sample(xp: Any, name: str, value: Any, x: Any) -> Any:
     """A 0-d array as is; (B,) or (B, 1, ..., 1) as (B, 1, ..., 1) for ``x`` of shape (B, ...)."""
     per_sample = x.ndim >= 1 and value.ndim >= 1 and value.shape[0] == x.shape[0]
     if per_sample and value.ndim == 1:
@@ -271,12 +312,12 @@ def _per_sample(xp, name: str, value: Any, x: Any):
     return value
 
 
-def any_real(xp, name: str, value: Any, x: Any):
+def any_real(xp: Any, name: str, value: Any, x: Any) -> Any:
     """:func:`level` for a scale that may take any finite value (CFG's s, CG's s)."""
     return level(xp, name, value, x, **_ANY_REAL)
 
 
-def check_order(xp, name_hi: str, hi: Any, name_lo: str, lo: Any) -> None:
+def check_order(xp: Any, name_hi: str, hi: Any, name_lo: str, lo: Any) -> None:
     """Raise ValueError where ``hi < lo`` (e.g. alpha_bar_prev < alpha_bar_t), host values only."""
     if is_array(hi) or is_array(lo):
         if not all(on_host(a) for a in (hi, lo) if is_array(a)):
@@ -287,7 +328,7 @@ def check_order(xp, name_hi: str, hi: Any, name_lo: str, lo: Any) -> None:
         raise ValueError(f"{name_hi} must be >= {name_lo} ({name_hi}={hi}, {name_lo}={lo})")
 
 
-def step_levels(xp, x: Any, alpha_bar_t: Any, alpha_bar_prev: Any):
+def step_levels(xp: Any, x: Any, alpha_bar_t: Any, alpha_bar_prev: Any) -> Any:
     """(ᾱ_t, ᾱ_prev) of a reverse step, validated: ᾱ_t in [0, 1), ᾱ_prev in (0, 1], and
     ᾱ_prev ≥ ᾱ_t (the step goes to a less noisy level)."""
     ab_t = level(xp, "alpha_bar_t", alpha_bar_t, x, hi_open=True)
@@ -296,7 +337,7 @@ def step_levels(xp, x: Any, alpha_bar_t: Any, alpha_bar_prev: Any):
     return ab_t, ab_prev
 
 
-def is_zero(xp, v: Any) -> bool:
+def is_zero(xp: Any, v: Any) -> bool:
     """True where a host value is 0 (a Python float, or any element of a host array)."""
     if not is_array(v):
         return v == 0
@@ -312,7 +353,7 @@ def choice(name: str, value: Any, valid: tuple[str, ...]) -> str:
 
 # ----- used by the bodies -----------------------------------------------------------------
 
-def cast(xp, x: Any, *coefs: Any) -> tuple:
+def cast(xp: Any, x: Any, *coefs: Any) -> tuple:
     """Coefficients computed from per-step scalars, in the dtype of ``x`` (cast late, once).
 
     Python floats stay Python floats (weak scalars take the dtype of ``x``); arrays are cast.
@@ -321,12 +362,12 @@ def cast(xp, x: Any, *coefs: Any) -> tuple:
                   for c in coefs])
 
 
-def sqrt(xp, v: Any):
+def sqrt(xp: Any, v: Any) -> Any:
     """Square root of a Python float (host float64) or of an array."""
     return math.sqrt(v) if isinstance(v, float) or not is_array(v) else xp.sqrt(v)
 
 
-def as_array_like(xp, value: Any, like: Any):
+def as_array_like(xp: Any, value: Any, like: Any) -> Any:
     """A Python float or an array as an array in the dtype and on the device of ``like``."""
     if is_array(value):
         return xp.astype(value, like.dtype)

@@ -72,7 +72,7 @@ def w_from_cfg_scale(scale: float) -> float:
 
 # ----- bodies: math only ------------------------------------------------------------------
 
-def _lerp(xp, a: Any, b: Any, s: Any):
+def _lerp(xp: Any, a: Any, b: Any, s: Any) -> Any:
     """a + s·(b − a), exact at s = 0 (gives a) and s = 1 (gives b), bit for bit.
 
     Numerical choice: the two-sided form a + s·d for s < 1/2 and b − (1 − s)·d otherwise keeps
@@ -90,12 +90,12 @@ def _lerp(xp, a: Any, b: Any, s: Any):
     return xp.where(s == 0, a, xp.where(s == 1, b, inner))
 
 
-def _cfg(xp, eps_uncond: Any, eps_cond: Any, s: Any):
+def _cfg(xp: Any, eps_uncond: Any, eps_cond: Any, s: Any) -> Any:
     (s,) = cast(xp, eps_uncond, s)
     return _lerp(xp, eps_uncond, eps_cond, s)                       # CFG Eq. 6, s = 1 + w
 
 
-def _cfg_multi(xp, eps_uncond: Any, eps_conds: Sequence[Any], scales: Sequence[Any]):
+def _cfg_multi(xp: Any, eps_uncond: Any, eps_conds: Sequence[Any], scales: Sequence[Any]) -> Any:
     if len(eps_conds) == 1:
         return _cfg(xp, eps_uncond, eps_conds[0], scales[0])
     eps = eps_uncond * 1.0                                          # COMP §3: start from ε_u
@@ -105,7 +105,7 @@ def _cfg_multi(xp, eps_uncond: Any, eps_conds: Sequence[Any], scales: Sequence[A
     return eps
 
 
-def _std_per_sample(xp, x: Any, axes: tuple[int, ...]):
+def _std_per_sample(xp: Any, x: Any, axes: tuple[int, ...]) -> Any:
     """σ per sample over ``axes``, computed as m·σ((x − x₀)/m) with x₀ the sample's first
     element and m = max|x − x₀|. Equal to σ(x) in exact arithmetic; exactly 0 for a constant
     sample on every backend (plain σ gives backend-dependent rounding noise there), and free
@@ -116,8 +116,8 @@ def _std_per_sample(xp, x: Any, axes: tuple[int, ...]):
     return xp.std(d / xp.where(m == 0, 1.0, m), axis=axes, keepdims=True) * m
 
 
-def _guidance_rescale(xp, eps_guided: Any, eps_cond: Any, phi: float):
-    if phi == 0:
+def _guidance_rescale(xp: Any, eps_guided: Any, eps_cond: Any, phi: float) -> Any:
+    if phi == 0 or eps_guided.shape[0] == 0:                        # nothing to rescale
         return eps_guided * 1.0                                     # Eq. 16 at φ = 0, exactly
     axes = tuple(range(1, eps_guided.ndim))
     std_g = _std_per_sample(xp, eps_guided, axes)
@@ -128,7 +128,7 @@ def _guidance_rescale(xp, eps_guided: Any, eps_cond: Any, phi: float):
 
 # ----- public functions -------------------------------------------------------------------
 
-def cfg(eps_uncond: Any, eps_cond: Any, scale: Any):
+def cfg(eps_uncond: Any, eps_cond: Any, scale: Any) -> Any:
     """Classifier-free guidance: ε̃ = ε_u + s·(ε_c − ε_u).
 
     Parameters
@@ -166,7 +166,7 @@ def cfg(eps_uncond: Any, eps_cond: Any, scale: Any):
     return _cfg(xp, eps_uncond, eps_cond, s)
 
 
-def cfg_multi(eps_uncond: Any, eps_conds: Sequence[Any], scales: Sequence[Any]):
+def cfg_multi(eps_uncond: Any, eps_conds: Sequence[Any], scales: Sequence[Any]) -> Any:
     """Guidance with several conditions: ε̃ = ε_u + Σ_i s_i·(ε_i − ε_u).
 
     A negative s_i steers away from condition i (the "NOT" of composable diffusion). With
@@ -186,6 +186,10 @@ def cfg_multi(eps_uncond: Any, eps_conds: Sequence[Any], scales: Sequence[Any]):
     ----------
     COMP, arXiv:2206.01714v6, §3 (conjunction with weights w_i; negation with w_i < 0).
     """
+    for name, seq in (("eps_conds", eps_conds), ("scales", scales)):
+        if not isinstance(seq, (list, tuple)):
+            raise TypeError(f"{name} must be a list or tuple (one entry per condition), got "
+                            f"{type(seq).__name__}")
     if len(eps_conds) != len(scales) or len(eps_conds) == 0:
         raise ValueError(f"eps_conds and scales must be non-empty and of equal length, got "
                          f"{len(eps_conds)} and {len(scales)}")
@@ -195,7 +199,7 @@ def cfg_multi(eps_uncond: Any, eps_conds: Sequence[Any], scales: Sequence[Any]):
     return _cfg_multi(xp, eps_uncond, list(eps_conds), scales)
 
 
-def guidance_rescale(eps_guided: Any, eps_cond: Any, phi: float):
+def guidance_rescale(eps_guided: Any, eps_cond: Any, phi: float) -> Any:
     """Rescale a guided prediction towards the standard deviation of the conditional one.
 
     .. math::

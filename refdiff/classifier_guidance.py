@@ -33,22 +33,22 @@ from refdiff.training import REDUCTIONS, _reduce
 
 # ----- bodies: math only ------------------------------------------------------------------
 
-def _classifier_guided_eps(xp, eps: Any, grad_log_prob: Any, ab_t: Any, s: Any):
+def _classifier_guided_eps(xp: Any, eps: Any, grad_log_prob: Any, ab_t: Any, s: Any) -> Any:
     if not _xp.is_array(s) and s == 0:
         return eps * 1.0                                            # Algorithm 2 at s = 0, exactly
     (coef,) = cast(xp, eps, s * sqrt(xp, 1.0 - ab_t))
     return eps - coef * grad_log_prob                               # CG Algorithm 2, Eq. 14
 
 
-def _classifier_guided_mean(xp, mean: Any, variance: Any, grad_log_prob: Any, s: Any):
+def _classifier_guided_mean(xp: Any, mean: Any, variance: Any, grad_log_prob: Any, s: Any) -> Any:
     if not _xp.is_array(s) and s == 0:
         return mean * 1.0                                           # Algorithm 1 at s = 0, exactly
     (coef,) = cast(xp, mean, s * variance)
     return mean + coef * grad_log_prob                              # CG Algorithm 1: μ + s·Σ·g
 
 
-def _classifier_gradient(xp, log_prob: Callable[[Any], Any], x_t: Any,
-                         grad_log_prob: Callable[[Any], Any] | None):
+def _classifier_gradient(xp: Any, log_prob: Callable[[Any], Any], x_t: Any,
+                         grad_log_prob: Callable[[Any], Any] | None) -> Any:
     """g from the analytic gradient or from autograd; the result is checked against x_t."""
     if grad_log_prob is not None:
         g = grad_log_prob(x_t)
@@ -62,7 +62,7 @@ def _classifier_gradient(xp, log_prob: Callable[[Any], Any], x_t: Any,
 
 # ----- public functions -------------------------------------------------------------------
 
-def classifier_guided_eps(eps: Any, grad_log_prob: Any, alpha_bar_t: Any, scale: Any):
+def classifier_guided_eps(eps: Any, grad_log_prob: Any, alpha_bar_t: Any, scale: Any) -> Any:
     """ε̂' = ε̂ − s·√(1−ᾱ_t)·∇_{x_t} log p_φ(y | x_t) (CG Algorithm 2).
 
     Parameters
@@ -90,7 +90,7 @@ def classifier_guided_eps(eps: Any, grad_log_prob: Any, alpha_bar_t: Any, scale:
     return _classifier_guided_eps(xp, eps, grad_log_prob, ab_t, s)
 
 
-def classifier_guided_mean(mean: Any, variance: Any, grad_log_prob: Any, scale: Any):
+def classifier_guided_mean(mean: Any, variance: Any, grad_log_prob: Any, scale: Any) -> Any:
     """μ̃ = μ + s·Σ·∇_{x_t} log p_φ(y | x_t) (CG Algorithm 1).
 
     Parameters
@@ -118,13 +118,15 @@ def classifier_guided_mean(mean: Any, variance: Any, grad_log_prob: Any, scale: 
         return _classifier_guided_mean(xp, mean, None, grad_log_prob, s)  # Σ is not used
     if _xp.is_array(variance) and variance.ndim == mean.ndim and variance.ndim > 0:
         _xp.namespace(mean=mean, variance=variance)  # (B, 1, ..., 1) or the full shape
+        _xp.check_floating(xp, "variance", variance)
+        _xp.check_values(xp, "variance", variance, lo=0.0, hi=math.inf)
     else:
         variance = _xp.level(xp, "variance", variance, mean, lo=0.0, hi=math.inf)
     return _classifier_guided_mean(xp, mean, variance, grad_log_prob, s)
 
 
 def classifier_gradient(log_prob: Callable[[Any], Any], x_t: Any, *,
-                        grad_log_prob: Callable[[Any], Any] | None = None):
+                        grad_log_prob: Callable[[Any], Any] | None = None) -> Any:
     """g = ∇_{x_t} Σ_b log p_φ(y_b | x_t[b]), through the backend of ``x_t``.
 
     Parameters
@@ -163,18 +165,18 @@ def classifier_gradient(log_prob: Callable[[Any], Any], x_t: Any, *,
 
 # ----- the noisy classifier: its log-probability and its training objective ---------------
 
-def _log_softmax(xp, logits: Any):
+def _log_softmax(xp: Any, logits: Any) -> Any:
     shifted = logits - xp.max(logits, axis=-1, keepdims=True)     # l − max(l), for stability
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
 
 
-def _label_log_prob(xp, logits: Any, labels: Any):
+def _label_log_prob(xp: Any, logits: Any, labels: Any) -> Any:
     classes = xp.arange(logits.shape[1], dtype=labels.dtype, device=_xp.device(labels))
     onehot = xp.expand_dims(labels, axis=-1) == classes
     return xp.sum(xp.where(onehot, _log_softmax(xp, logits), xp.zeros_like(logits)), axis=-1)
 
 
-def _check_logits_labels(logits: Any, labels: Any):
+def _check_logits_labels(logits: Any, labels: Any) -> Any:
     xp = _xp.namespace(logits=logits, labels=labels)
     _xp.check_floating(xp, "logits", logits)
     if logits.ndim != 2:
@@ -188,7 +190,7 @@ def _check_logits_labels(logits: Any, labels: Any):
     return xp
 
 
-def log_softmax(logits: Any):
+def log_softmax(logits: Any) -> Any:
     """log softmax over the last axis, computed as l − max(l) − log Σ exp(l − max(l)).
 
     Parameters
@@ -204,7 +206,7 @@ def log_softmax(logits: Any):
     return _log_softmax(xp, logits)
 
 
-def label_log_prob(logits: Any, labels: Any):
+def label_log_prob(logits: Any, labels: Any) -> Any:
     """log p(y | ·) = log_softmax(logits)[b, y_b]: shape (B,). The ``classifier`` of
     :class:`refdiff.Guidance` returns this at (x_t, t).
 
@@ -221,7 +223,7 @@ def label_log_prob(logits: Any, labels: Any):
     return _label_log_prob(xp, logits, labels)
 
 
-def cross_entropy(logits: Any, labels: Any, *, reduction: str = "mean"):
+def cross_entropy(logits: Any, labels: Any, *, reduction: str = "mean") -> Any:
     """Cross-entropy −log p(y | ·) from unnormalised logits (B, K) and int labels (B,).
 
     Parameters
@@ -240,7 +242,7 @@ def cross_entropy(logits: Any, labels: Any, *, reduction: str = "mean"):
 
 
 def noisy_classifier_loss(classifier: Callable[[Any, Any], Any], x0: Any, labels: Any,
-                          t: Any, alpha_bar_t: Any, eps: Any, *, reduction: str = "mean"):
+                          t: Any, alpha_bar_t: Any, eps: Any, *, reduction: str = "mean") -> Any:
     """The classifier-guidance training objective: cross-entropy of p_φ(y | x_t, t).
 
     .. math::

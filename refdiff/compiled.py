@@ -45,7 +45,7 @@ __all__ = ["compile_fn", "guided_ddim_step", "ddim_step", "ddpm_step", "cfg", "q
            "is_available"]
 
 
-def _torch_backend():
+def _torch_backend() -> Any:
     """The torch backend (imports torch), or None when torch is not installed."""
     try:
         return get_backend("torch")
@@ -58,7 +58,7 @@ def is_available() -> bool:
     return _torch_backend() is not None  # every torch refdiff supports (>= 2.2) has it
 
 
-def _guided_ddim_step(x_t, eps_uncond, eps_cond, scale, alpha_bar_t, alpha_bar_prev, **kw):
+def _guided_ddim_step(x_t: Any, eps_uncond: Any, eps_cond: Any, scale: Any, alpha_bar_t: Any, alpha_bar_prev: Any, **kw: Any) -> Any:
     """CFG then one DDIM step: the eager :func:`refdiff.cfg` and :func:`refdiff.ddim_step`."""
     return rd.ddim_step(x_t, rd.cfg(eps_uncond, eps_cond, scale), alpha_bar_t, alpha_bar_prev,
                         **kw)
@@ -67,8 +67,9 @@ def _guided_ddim_step(x_t, eps_uncond, eps_cond, scale, alpha_bar_t, alpha_bar_p
 class _Lazy:
     """``torch.compile(fn)`` built on the first call (torch is imported only then)."""
 
-    def __init__(self, fn: Callable[..., Any], name: str):
-        self.eager, self.__name__, self._compiled = fn, name, None
+    def __init__(self, fn: Callable[..., Any], name: str) -> None:
+        self.eager, self.__name__ = fn, name
+        self._compiled: Callable[..., Any] | None = None
         self.__doc__ = (f"Compiled (torch.compile) version of ``{fn.__module__}.{fn.__name__}``"
                         f"; same arguments and results.\n\n{fn.__doc__ or ''}")
 
@@ -82,7 +83,7 @@ class _Lazy:
             self._compiled = backend.compile(self.eager)
         return self._compiled
 
-    def __call__(self, *args: Any, **kwargs: Any):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         for a in list(args) + list(kwargs.values()):
             if hasattr(a, "shape") and not type(a).__module__.startswith("torch"):
                 raise TypeError(f"refdiff.compiled.{self.__name__} takes torch tensors, got "

@@ -39,7 +39,7 @@ SCALE_EMBEDDING_MULTIPLIER = 1000.0
 
 
 def sinusoidal_embedding(values: Any, dim: int, *, max_period: float = 10000.0,
-                         dtype: Any = None):
+                         dtype: Any = None) -> Any:
     """The Transformer sinusoidal embedding of a batch of scalars, [sin(ω_k·v) | cos(ω_k·v)].
 
     .. math:: ω_k = P^{−k/h},\\ k = 0, …, h − 1,\\ h = \\mathrm{dim}/2,\\qquad
@@ -92,7 +92,7 @@ def _check_embedding(dim: Any, max_period: Any) -> None:
         raise ValueError(f"max_period must be a positive finite float, got {max_period!r}")
 
 
-def _sinusoidal_embedding(xp, values: Any, dim: int, max_period: float, out_dtype: Any):
+def _sinusoidal_embedding(xp: Any, values: Any, dim: int, max_period: float, out_dtype: Any) -> Any:
     half = dim // 2
     k = xp.arange(half, dtype=xp.float64, device=_xp.device(values))
     omega = xp.exp(k * (-math.log(max_period) / half))             # ω_k = P^(−k/h)
@@ -102,7 +102,7 @@ def _sinusoidal_embedding(xp, values: Any, dim: int, max_period: float, out_dtyp
 
 def guidance_scale_embedding(scale: Any, dim: int, *,
                              multiplier: float = SCALE_EMBEDDING_MULTIPLIER,
-                             max_period: float = 10000.0, dtype: Any = None):
+                             max_period: float = 10000.0, dtype: Any = None) -> Any:
     """The student's embedding of the guidance scale: sinusoidal_embedding((s − 1)·multiplier).
 
     Parameters
@@ -127,6 +127,7 @@ def guidance_scale_embedding(scale: Any, dim: int, *,
     _xp.check_floating(xp, "scale", scale)
     if scale.ndim != 1:
         raise ValueError(f"scale must have shape (B,), got {tuple(scale.shape)}")
+    _xp.check_values(xp, "scale", scale, lo=-math.inf, hi=math.inf)
     _check_embedding(dim, max_period)
     multiplier = _xp.number("multiplier", multiplier)
     w = scale - 1.0                                                 # GD §4.1: w = s − 1
@@ -134,7 +135,7 @@ def guidance_scale_embedding(scale: Any, dim: int, *,
     return _sinusoidal_embedding(xp, w * multiplier, dim, float(max_period), out_dtype)
 
 
-def sample_guidance_scales(x0: Any, scale_min: float, scale_max: float, *, generator: Any):
+def sample_guidance_scales(x0: Any, scale_min: float, scale_max: float, *, generator: Any) -> Any:
     """Draw one CFG scale per sample, s ~ U[s_min, s_max) (the paper's w ~ U[w_min, w_max]
     with s = 1 + w).
 
@@ -171,7 +172,7 @@ def sample_guidance_scales(x0: Any, scale_min: float, scale_max: float, *, gener
     return lo + (hi - lo) * u
 
 
-def guidance_distillation_target(eps_uncond: Any, eps_cond: Any, scale: Any):
+def guidance_distillation_target(eps_uncond: Any, eps_cond: Any, scale: Any) -> Any:
     """The stage-one target: the teacher's CFG prediction at the student's scale.
 
     .. math:: y = f_u + s\\,(f_c − f_u) = (1 + w)\\,f_c − w\\,f_u,\\quad w = s − 1

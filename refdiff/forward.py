@@ -36,22 +36,23 @@ _ALPHA_BAR_BOUNDS = {"epsilon": {"lo_open": True}, "sample": {"hi_open": True},
 
 # ----- bodies: math only ------------------------------------------------------------------
 
-def _q_sample(xp, x0: Any, ab: Any, eps: Any):
+def _q_sample(xp: Any, x0: Any, ab: Any, eps: Any) -> Any:
     a, b = cast(xp, x0, sqrt(xp, ab), sqrt(xp, 1.0 - ab))
     return a * x0 + b * eps                                         # DDPM Eq. 4
 
 
-def _x0_from_eps(xp, x_t: Any, eps: Any, ab: Any):
+def _x0_from_eps(xp: Any, x_t: Any, eps: Any, ab: Any) -> Any:
     a, b = cast(xp, x_t, sqrt(xp, ab), sqrt(xp, 1.0 - ab))
     return (x_t - b * eps) / a                                      # DDPM Eq. 15
 
 
-def _eps_from_x0(xp, x_t: Any, x0_hat: Any, ab: Any):
+def _eps_from_x0(xp: Any, x_t: Any, x0_hat: Any, ab: Any) -> Any:
     a, b = cast(xp, x_t, sqrt(xp, ab), sqrt(xp, 1.0 - ab))
     return (x_t - a * x0_hat) / b                                   # DDPM Eq. 4 solved for ε
 
 
-def _predict_x0_eps(xp, x_t: Any, model_output: Any, ab: Any, prediction_type: str):
+def _predict_x0_eps(xp: Any, x_t: Any, model_output: Any, ab: Any,
+                    prediction_type: str) -> tuple[Any, Any]:
     if prediction_type == "epsilon":
         return _x0_from_eps(xp, x_t, model_output, ab), model_output
     if prediction_type == "sample":
@@ -60,12 +61,12 @@ def _predict_x0_eps(xp, x_t: Any, model_output: Any, ab: Any, prediction_type: s
     return a * x_t - b * model_output, b * x_t + a * model_output   # V, Appendix D
 
 
-def _v_target(xp, x0: Any, eps: Any, ab: Any):
+def _v_target(xp: Any, x0: Any, eps: Any, ab: Any) -> Any:
     a, b = cast(xp, x0, sqrt(xp, ab), sqrt(xp, 1.0 - ab))
     return a * eps - b * x0                                         # V §4: v = √ᾱ·ε − √(1−ᾱ)·x_0
 
 
-def _prediction_from_x0_eps(xp, x0: Any, eps: Any, ab: Any, prediction_type: str):
+def _prediction_from_x0_eps(xp: Any, x0: Any, eps: Any, ab: Any, prediction_type: str) -> Any:
     if prediction_type == "epsilon":
         return eps
     if prediction_type == "sample":
@@ -73,7 +74,7 @@ def _prediction_from_x0_eps(xp, x0: Any, eps: Any, ab: Any, prediction_type: str
     return _v_target(xp, x0, eps, ab)
 
 
-def _posterior_coefficients(xp, ab_t: Any, ab_prev: Any):
+def _posterior_coefficients(xp: Any, ab_t: Any, ab_prev: Any) -> Any:
     beta_step = 1.0 - ab_t / ab_prev                                # β' of the respaced step
     c0 = sqrt(xp, ab_prev) * beta_step / (1.0 - ab_t)               # DDPM Eq. 7, coefficient of x_0
     ct = sqrt(xp, 1.0 - beta_step) * (1.0 - ab_prev) / (1.0 - ab_t)  # DDPM Eq. 7, of x_t
@@ -81,14 +82,14 @@ def _posterior_coefficients(xp, ab_t: Any, ab_prev: Any):
     return c0, ct, beta_tilde, beta_step
 
 
-def _posterior_mean(xp, x0: Any, x_t: Any, c0: Any, ct: Any):
+def _posterior_mean(xp: Any, x0: Any, x_t: Any, c0: Any, ct: Any) -> Any:
     c0, ct = cast(xp, x_t, c0, ct)
     return c0 * x0 + ct * x_t                                       # DDPM Eq. 7, μ̃
 
 
 # ----- public functions: check once, then the body ----------------------------------------
 
-def q_sample(x0: Any, alpha_bar_t: Any, eps: Any):
+def q_sample(x0: Any, alpha_bar_t: Any, eps: Any) -> Any:
     """Draw x_t from q(x_t | x_0) given the noise.
 
     .. math:: x_t = \\sqrt{\\bar α_t}\\,x_0 + \\sqrt{1 − \\bar α_t}\\,ε
@@ -122,7 +123,7 @@ def q_sample(x0: Any, alpha_bar_t: Any, eps: Any):
 
 
 def predict_x0_eps(x_t: Any, model_output: Any, alpha_bar_t: Any,
-                   prediction_type: str = "epsilon"):
+                   prediction_type: str = "epsilon") -> Any:
     """Turn a model output (ε, x_0 or v) into the pair (x̂_0, ε̂).
 
     .. math::
@@ -154,7 +155,7 @@ def predict_x0_eps(x_t: Any, model_output: Any, alpha_bar_t: Any,
 
 
 def prediction_from_x0_eps(x0: Any, eps: Any, alpha_bar_t: Any,
-                           prediction_type: str = "epsilon"):
+                           prediction_type: str = "epsilon") -> Any:
     """The training target of a parameterisation, from (x_0, ε): the inverse of
     :func:`predict_x0_eps` (given x_t = √ᾱ·x_0 + √(1−ᾱ)·ε).
 
@@ -181,7 +182,7 @@ def prediction_from_x0_eps(x0: Any, eps: Any, alpha_bar_t: Any,
     return _prediction_from_x0_eps(xp, x0, eps, ab, prediction_type)
 
 
-def v_target(x0: Any, eps: Any, alpha_bar_t: Any):
+def v_target(x0: Any, eps: Any, alpha_bar_t: Any) -> Any:
     """The v-prediction target v = √ᾱ_t·ε − √(1−ᾱ_t)·x_0.
 
     Parameters
@@ -203,7 +204,7 @@ def v_target(x0: Any, eps: Any, alpha_bar_t: Any):
     return _v_target(xp, x0, eps, ab)
 
 
-def posterior_coefficients(alpha_bar_t: Any, alpha_bar_prev: Any, *, like: Any = None):
+def posterior_coefficients(alpha_bar_t: Any, alpha_bar_prev: Any, *, like: Any = None) -> Any:
     """Coefficients of q(x_prev | x_t, x_0) on a possibly respaced chain.
 
     Returns ``(c0, ct, variance, beta_step)`` with β' = 1 − ᾱ_t/ᾱ_prev,
@@ -234,7 +235,7 @@ def posterior_coefficients(alpha_bar_t: Any, alpha_bar_prev: Any, *, like: Any =
     return _posterior_coefficients(xp, ab_t, ab_prev)
 
 
-def q_posterior(x0: Any, x_t: Any, alpha_bar_t: Any, alpha_bar_prev: Any):
+def q_posterior(x0: Any, x_t: Any, alpha_bar_t: Any, alpha_bar_prev: Any) -> Any:
     """Mean and variance of q(x_prev | x_t, x_0).
 
     .. math::

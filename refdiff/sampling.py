@@ -39,8 +39,9 @@ from refdiff import _xp
 from refdiff.classifier_free import _cfg, _guidance_rescale
 from refdiff.classifier_guidance import (_classifier_gradient, _classifier_guided_eps,
                                          _classifier_guided_mean)
-from refdiff.forward import PREDICTION_TYPES, _predict_x0_eps, _prediction_from_x0_eps
-from refdiff.schedules import Schedule, inference_timesteps
+from refdiff.forward import (PREDICTION_TYPES, _predict_x0_eps, _prediction_from_x0_eps,
+                             _x0_from_eps)
+from refdiff.schedules import Schedule, check_schedule, inference_timesteps
 from refdiff.steps import (VARIANCE_TYPES, _check_eta, _clip_bound, _ddim_inversion_step,
                            _ddim_step, _ddpm_mean_variance)
 
@@ -98,8 +99,9 @@ class _Run(NamedTuple):
 
 # ----- the loop body: one step, math only -------------------------------------------------
 
-def _model_x0_eps(run: _Run, model, g: Guidance, x, t: int, ab_t: float):
-    """Evaluate the model (both branches under CFG), guide, and return (x̂_0, ε̂)."""
+def _model_x0_eps(run: _Run, model: Any, g: Guidance, x: Any, t: int, ab_t: float) -> Any:
+    """Evaluate the model (both branches under CFG), guide, and return (x̂_0, ε̂); x̂_0 is None
+    for an ε output, which the step then folds in (the precision rule of refdiff.steps)."""
     xp, s, ptype = run.xp, run.scale, run.prediction_type
     if not _xp.is_array(s) and s == 1:
         out_c = out = _model_output(xp, model, x, t, g.cond)
@@ -109,14 +111,21 @@ def _model_x0_eps(run: _Run, model, g: Guidance, x, t: int, ab_t: float):
         out_c = _model_output(xp, model, x, t, g.cond)
         out = _cfg(xp, _model_output(xp, model, x, t, g.uncond), out_c, s)
     if run.rescale == 0:
-        return _predict_x0_eps(xp, x, out, ab_t, ptype)
+        return _x0_eps_of(xp, x, out, ab_t, ptype)
     space = run.rescale_space
-    guided, cond = (_prediction_from_x0_eps(xp, *_predict_x0_eps(xp, x, o, ab_t, ptype),
-                                            ab_t, space) for o in (out, out_c))
-    return _predict_x0_eps(xp, x, _guidance_rescale(xp, guided, cond, run.rescale), ab_t, space)
+    guided, cond = (_prediction_from_x0_eps(xp, *_predict_x0_eps(xp, x, o, ab_t, ptype), ab_t,
+                                            space) for o in (out, out_c))
+    return _x0_eps_of(xp, x, _guidance_rescale(xp, guided, cond, run.rescale), ab_t, space)
 
 
-def _model_output(xp, model, x, t: int, c: Any):
+def _x0_eps_of(xp: Any, x: Any, out: Any, ab_t: float, space: str) -> Any:
+    """(x̂_0, ε̂) of an output in ``space``; (None, ε̂) for an ε output."""
+    if space == "epsilon":
+        return None, out
+    return _predict_x0_eps(xp, x, out, ab_t, space)
+
+
+def _model_output(xp: Any, model: Any, x: Any, t: int, c: Any) -> Any:
     out = model(x, t, c)
     if not _xp.is_array(out):
         raise TypeError(f"the model must return an array like x_t, got {type(out).__name__}")
@@ -124,14 +133,15 @@ def _model_output(xp, model, x, t: int, c: Any):
     return out
 
 
-def _guided_step(run: _Run, g: Guidance, x, x0_hat, eps, t: int, ab_t: float, ab_prev: float,
-                 noise):
+def _guided_step(run: _Run, g: Guidance, x: Any, x0_hat: Any, eps: Any, t: int, ab_t: float, ab_prev: float,
+                 noise: Any) -> Any:
     """One DDIM or DDPM step from (x̂_0, ε̂), with classifier guidance if it is on."""
     xp, s = run.xp, run.classifier_scale
     grad = None
-    if g.classifier is not None and (_xp.is_array(s) or s != 0):    # ∇ log p(y | x_t) at t
-        exact = None if g.grad_log_prob is None else (lambda z: g.grad_log_prob(z, t))
-        grad = _classifier_gradient(xp, lambda z: g.classifier(z, t), x, exact)
+    classifier, analytic = g.classifier, g.grad_log_prob
+    if classifier is not None and (_xp.is_array(s) or s != 0):      # ∇ log p(y | x_t) at t
+        exact = None if analytic is None else (lambda z: analytic(z, t))
+        grad = _classifier_gradient(xp, lambda z: classifier(z, t), x, exact)
     if run.sampler == "ddim":
         if grad is not None:                                        # CG Algorithm 2
             eps, x0_hat = _classifier_guided_eps(xp, eps, grad, ab_t, s), None
@@ -146,11 +156,20 @@ def _guided_step(run: _Run, g: Guidance, x, x0_hat, eps, t: int, ab_t: float, ab
 
 # ----- the checked prologue ---------------------------------------------------------------
 
-def _timesteps(schedule: Schedule, timesteps, num_inference_steps: int, spacing: str) -> list[int]:
+def _timesteps(schedule: Schedule, timesteps: Any, num_inference_steps: Any, spacing: Any) -> list[int]:
+    """The listed timesteps, or the spacing's (precedence: ``timesteps`` excludes the other two)."""
+    check_schedule("schedule", schedule)
     T = schedule.num_train_timesteps
     if timesteps is None:
-        timesteps = inference_timesteps(T, num_inference_steps, spacing)
-    ts = [int(t) for t in timesteps]
+        n = 50 if num_inference_steps is None else num_inference_steps
+        return [int(t) for t in inference_timesteps(T, n, spacing or "leading")]
+    if num_inference_steps is not None or spacing is not None:
+        raise ValueError("pass either timesteps or num_inference_steps/spacing, not both "
+                         "(timesteps already fixes the steps)")
+    if isinstance(timesteps, (str, bytes)) or not hasattr(timesteps, "__len__"):
+        raise TypeError(f"timesteps must be a sequence or a 1-D array of ints, got "
+                        f"{type(timesteps).__name__}")
+    ts = [_xp.integer("timesteps[i]", t) for t in timesteps]
     if not ts or any(not 0 <= t < T for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
         raise ValueError(f"timesteps must be a non-empty, strictly descending list in "
                          f"[0, {T - 1}], got {ts[:8]}{'...' if len(ts) > 8 else ''}")
@@ -163,15 +182,23 @@ def _levels(schedule: Schedule, ts: list[int], final: float) -> list[tuple[int, 
     return [(t, abs_[i], abs_[i + 1]) for i, t in enumerate(ts)]
 
 
-def _checked_run(x_T, schedule: Schedule, g: Guidance, sampler, num_inference_steps, spacing,
-                 timesteps, prediction_type, eta, variance_type, clip_x0, rederive_eps,
-                 final_alpha_bar) -> _Run:
-    xp = _xp.namespace(x_T=x_T)
-    _xp.check_floating(xp, "x_T", x_T)
+def _checked_run(x_T: Any, schedule: Schedule, g: Guidance, sampler: Any, num_inference_steps: Any, spacing: Any,
+                 timesteps: Any, prediction_type: Any, eta: Any, variance_type: Any, clip_x0: Any, rederive_eps: Any,
+                 final_alpha_bar: Any) -> _Run:
+    xp = _batch_input(x_T, "x_T")
+    if not isinstance(g, Guidance):
+        raise TypeError(f"guidance must be a refdiff.Guidance, got {type(g).__name__}")
     _xp.choice("sampler", sampler, SAMPLERS)
     _xp.choice("prediction_type", prediction_type, PREDICTION_TYPES)
     _xp.choice("final_alpha_bar", final_alpha_bar, FINAL_ALPHA_BARS)
-    _xp.choice("variance_type", variance_type, VARIANCE_TYPES)
+    if sampler == "ddim" and variance_type is not None:
+        raise ValueError(f"variance_type applies to sampler='ddpm' only, got variance_type="
+                         f"{variance_type!r} with sampler='ddim' (DDIM's variance is set by eta)")
+    if sampler == "ddpm" and eta != 0:
+        raise ValueError(f"eta applies to sampler='ddim' only, got eta={eta!r} with "
+                         "sampler='ddpm' (DDPM's variance is set by variance_type)")
+    variance_type = _xp.choice("variance_type", variance_type or "fixed_small", VARIANCE_TYPES)
+    rederive_eps = _xp.flag("rederive_eps", rederive_eps)
     space = prediction_type if g.rescale_space is None else _xp.choice(
         "Guidance.rescale_space", g.rescale_space, PREDICTION_TYPES)
     scale = _xp.any_real(xp, "Guidance.scale", g.scale, x_T)
@@ -191,13 +218,21 @@ def _checked_run(x_T, schedule: Schedule, g: Guidance, sampler, num_inference_st
                 variance_type, _clip_bound(clip_x0), rederive_eps, levels)
 
 
-def _progress(items: Sequence[Any], enabled: bool):
+def _batch_input(x: Any, name: str) -> Any:
+    """The namespace of the loop's input: a floating array with a batch axis."""
+    xp = _xp.arrays(name, x)
+    if x.ndim < 1:
+        raise ValueError(f"{name} must have a batch axis (shape (B, ...)), got a 0-d array")
+    return xp
+
+
+def _progress(items: Sequence[Any], enabled: bool) -> Any:
     if not enabled:
         return items
     try:
         from tqdm.auto import tqdm
     except ImportError:  # a plain counter on stderr, about ten updates a run
-        def plain():
+        def plain() -> Any:
             every = max(1, len(items) // 10)
             for i, item in enumerate(items):
                 if (i + 1) % every == 0 or i + 1 == len(items):
@@ -210,13 +245,14 @@ def _progress(items: Sequence[Any], enabled: bool):
 # ----- public functions -------------------------------------------------------------------
 
 def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, *,
-           sampler: str = "ddim", num_inference_steps: int = 50, spacing: str = "leading",
+           sampler: str = "ddim", num_inference_steps: int | None = None,
+           spacing: str | None = None,
            timesteps: Sequence[int] | Any | None = None, prediction_type: str = "epsilon",
            guidance: Guidance | None = None, eta: float = 0.0,
-           variance_type: str = "fixed_small", clip_x0: float | None = None,
+           variance_type: str | None = None, clip_x0: float | None = None,
            rederive_eps: bool = True, final_alpha_bar: str = "one", generator: Any = None,
            progress: bool = False, callback: Callable[..., None] | None = None,
-           return_trajectory: bool = False):
+           return_trajectory: bool = False) -> Any:
     """Run DDPM or DDIM from x_T to x_0, optionally guided.
 
     Parameters
@@ -227,17 +263,18 @@ def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, 
         The starting noise; fixes the backend, device and dtype of the run.
     schedule : Schedule
     sampler : {"ddim", "ddpm"}
-    num_inference_steps, spacing
-        Used to build ``timesteps`` when it is not given (:func:`inference_timesteps`).
+    num_inference_steps, spacing : int and str, optional
+        Build ``timesteps`` with :func:`inference_timesteps` (default 50 and "leading").
     timesteps : sequence of int or int array, optional
-        Strictly descending training timesteps to visit.
+        Strictly descending training timesteps to visit; excludes ``num_inference_steps``
+        and ``spacing`` (passing both is an error).
     prediction_type : {"epsilon", "sample", "v_prediction"}
     guidance : Guidance, optional
         CFG, guidance rescale and classifier guidance settings (default: none).
     eta : float
-        DDIM η (``sampler="ddim"``).
-    variance_type : {"fixed_small", "fixed_large"}
-        DDPM's variance (``sampler="ddpm"``).
+        DDIM η (``sampler="ddim"``; a nonzero η with ``sampler="ddpm"`` is an error).
+    variance_type : {"fixed_small", "fixed_large"}, optional
+        DDPM's variance (``sampler="ddpm"`` only; default "fixed_small").
     clip_x0, rederive_eps
         See :func:`refdiff.ddim_step`.
     final_alpha_bar : {"one", "alpha_bar_0"}
@@ -255,6 +292,16 @@ def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, 
     -------
     x_0 : array, shape, dtype and device of ``x_T`` (and the trajectory if asked)
 
+    Raises
+    ------
+    TypeError
+        For a non-array ``x_T``, a non-Schedule ``schedule``, non-int timesteps, a model that
+        returns anything but an array like ``x_t``, or option values of the wrong type.
+    ValueError
+        For bad option values, unordered timesteps, an η too large for a step of the list,
+        options that do not apply to the sampler, or ``timesteps`` with
+        ``num_inference_steps``/``spacing``; all before the first model evaluation.
+
     References
     ----------
     DDPM Algorithm 2; DDIM Eq. 12; CFG Algorithm 2; CG Algorithms 1–2 (module docstring).
@@ -268,9 +315,15 @@ def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, 
     backend, dev = get_backend(x_T), _xp.device(x_T)
     noisy = sampler == "ddpm" or run.eta > 0
     gen = backend.generator(generator, dev) if noisy else None
+    progress, return_trajectory = (_xp.flag(n, v) for n, v in (
+        ("progress", progress), ("return_trajectory", return_trajectory)))
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     x, trajectory = x_T, [x_T]
     for i, (t, ab_t, ab_prev) in enumerate(_progress(run.levels, progress)):
         x0_hat, eps = _model_x0_eps(run, model, g, x, t, ab_t)
+        if callback is not None:  # the callback gets x̂_0 of this step's input
+            seen = x0_hat if x0_hat is not None else _x0_from_eps(run.xp, x, eps, ab_t)
         noise = None
         if noisy:  # "is this the last step" decides: no noise after it
             last = i == len(run.levels) - 1
@@ -278,16 +331,16 @@ def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, 
                      backend.normal(tuple(x.shape), dtype=x.dtype, device=dev, generator=gen))
         x = _guided_step(run, g, x, x0_hat, eps, t, ab_t, ab_prev, noise)
         if callback is not None:
-            callback(i, t, x, x0_hat)
+            callback(i, t, x, seen)
         if return_trajectory:
             trajectory.append(x)
     return (x, trajectory) if return_trajectory else x
 
 
 def ddim_invert(model: Callable[[Any, int, Any], Any], x0: Any, schedule: Schedule, *,
-                num_inference_steps: int = 50, spacing: str = "leading",
+                num_inference_steps: int | None = None, spacing: str | None = None,
                 timesteps: Sequence[int] | Any | None = None, prediction_type: str = "epsilon",
-                cond: Any = None):
+                cond: Any = None) -> Any:
     """DDIM inversion (η = 0 run forward) from clean data to the noisiest listed timestep.
 
     The inverse of :func:`sample` with ``sampler="ddim", eta=0``: the levels are visited in
@@ -316,8 +369,7 @@ def ddim_invert(model: Callable[[Any, int, Any], Any], x0: Any, schedule: Schedu
     ----------
     DDIM, arXiv:2010.02502v4, §4.3 and Eq. 12 with σ = 0.
     """
-    xp = _xp.namespace(x0=x0)
-    _xp.check_floating(xp, "x0", x0)
+    xp = _batch_input(x0, "x0")
     _xp.choice("prediction_type", prediction_type, PREDICTION_TYPES)
     if prediction_type == "sample":
         raise ValueError("ddim_invert needs an epsilon or v model: an x_0-model gives no "
@@ -329,7 +381,7 @@ def ddim_invert(model: Callable[[Any, int, Any], Any], x0: Any, schedule: Schedu
         ab_next = schedule.alpha_bar(t_next)
         # at ᾱ = 1 this gives x̂_0 = x and ε̂ from an ε- or v-model
         out = _model_output(xp, model, x, t_eval, cond)
-        x0_hat, eps = _predict_x0_eps(xp, x, out, ab_src, prediction_type)
+        x0_hat, eps = _x0_eps_of(xp, x, out, ab_src, prediction_type)
         x = _ddim_inversion_step(xp, x, eps, ab_src, ab_next, x0_hat)
         ab_src = ab_next
     return x

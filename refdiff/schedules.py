@@ -34,7 +34,7 @@ from refdiff import _xp
 SPACINGS = ("leading", "trailing", "linspace")
 
 
-def host_namespace():
+def host_namespace() -> Any:
     """The default namespace for host tables: NumPy, wrapped by array-api-compat."""
     import array_api_compat.numpy as np_xp  # imported lazily: math modules stay backend-free
 
@@ -67,13 +67,16 @@ class Schedule:
         return int(self.betas.shape[0])
 
     def alpha_bar(self, t: int) -> float:
-        """ᾱ_t as a Python float (host float64), for t in 0 … T−1."""
-        if not 0 <= int(t) < self.num_train_timesteps:
-            raise ValueError(f"t must lie in [0, {self.num_train_timesteps - 1}], got {t}")
-        return float(self.alphas_cumprod[int(t)])
+        """ᾱ_t as a Python float (host float64), for an int t in 0 … T−1.
+
+        Raises TypeError for a t that is not an int (2.7, "3", True) and ValueError outside
+        0 … T−1.
+        """
+        t = _xp.integer("t", t, lo=0, hi=self.num_train_timesteps - 1)
+        return float(self.alphas_cumprod[t])
 
     @classmethod
-    def from_betas(cls, betas: Any, *, xp=None) -> "Schedule":
+    def from_betas(cls, betas: Any, *, xp: Any=None) -> "Schedule":
         """Build and validate a schedule from β_t.
 
         Parameters
@@ -85,12 +88,15 @@ class Schedule:
 
         Raises
         ------
+        TypeError
+            If ``betas`` holds anything but real numbers (complex, bool, strings).
         ValueError
             If ``betas`` is not 1-D and non-empty, is not finite, has a value outside (0, 1]
-            or a 1 anywhere but last, or if ᾱ is not strictly decreasing.
+            or a 1 anywhere but last, if β_0 is so small that ᾱ_0 rounds to 1, or if ᾱ is not
+            strictly decreasing.
         """
         xp = host_namespace() if xp is None else xp
-        betas = xp.asarray(betas, dtype=xp.float64)
+        betas = _real_array(xp, "betas", betas)
         if betas.ndim != 1 or betas.shape[0] < 1:
             raise ValueError(f"betas must be 1-D and non-empty, got shape {tuple(betas.shape)}")
         if not bool(xp.all(xp.isfinite(betas))):
@@ -102,10 +108,33 @@ class Schedule:
             raise ValueError("betas may equal 1 only at the last step (zero terminal SNR)")
         alphas = 1.0 - betas
         alphas_cumprod = xp.cumulative_prod(alphas)
+        if float(alphas_cumprod[0]) >= 1.0:
+            raise ValueError(f"betas[0] = {float(betas[0])!r} is so small that alphas_cumprod[0] "
+                             "rounds to 1 in float64; alphas_cumprod must lie in [0, 1)")
         if bool(xp.any(alphas_cumprod[1:] >= alphas_cumprod[:-1])):
             raise ValueError("alphas_cumprod must be strictly decreasing; some betas are so "
                              "small, or alphas_cumprod so close to 0, that it stalls")
         return cls(betas=betas, alphas=alphas, alphas_cumprod=alphas_cumprod)
+
+
+def check_schedule(name: str, schedule: Any) -> Any:
+    """TypeError unless ``schedule`` is a :class:`Schedule`."""
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"{name} must be a refdiff.Schedule (e.g. refdiff.linear_schedule(1000)), "
+                        f"got {type(schedule).__name__}")
+    return schedule
+
+
+def _real_array(xp: Any, name: str, values: Any) -> Any:
+    """``values`` as a float64 array of ``xp``; TypeError for complex, bool or non-numbers."""
+    try:
+        a = xp.asarray(values)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be real numbers, got {type(values).__name__}: {exc}") from None
+    if not (xp.isdtype(a.dtype, "real floating") or xp.isdtype(a.dtype, "integral")) or \
+            xp.isdtype(a.dtype, "bool"):
+        raise TypeError(f"{name} must be real numbers, got dtype {a.dtype}")
+    return xp.astype(a, xp.float64)
 
 
 def _beta(name: str, value: Any) -> float:
@@ -113,12 +142,12 @@ def _beta(name: str, value: Any) -> float:
     return _xp.number(name, value, lo=0.0, hi=1.0, lo_open=True)
 
 
-def _linspace(xp, start: float, stop: float, n: int):
+def _linspace(xp: Any, start: float, stop: float, n: int) -> Any:
     return xp.linspace(start, stop, n, dtype=xp.float64)
 
 
 def linear_schedule(num_train_timesteps: int = 1000, beta_start: float = 1e-4,
-                    beta_end: float = 0.02, *, xp=None) -> Schedule:
+                    beta_end: float = 0.02, *, xp: Any=None) -> Schedule:
     """Linear β schedule, not rescaled with T (diffusers' ``"linear"``).
 
     .. math:: β_t = β_{start} + (β_{end} − β_{start})·t/(T−1)
@@ -133,11 +162,17 @@ def linear_schedule(num_train_timesteps: int = 1000, beta_start: float = 1e-4,
     return Schedule.from_betas(_linspace(xp, b0, b1, T), xp=xp)
 
 
-def guided_diffusion_linear_schedule(num_train_timesteps: int = 1000, *, xp=None) -> Schedule:
+def guided_diffusion_linear_schedule(num_train_timesteps: int = 1000, *, xp: Any=None) -> Schedule:
     """Linear schedule rescaled by 1000/T (guided-diffusion / improved-diffusion ``"linear"``).
 
     β_start = 1e-4·1000/T and β_end = 0.02·1000/T, so that T ≠ 1000 keeps ᾱ_{T−1} near the
     T = 1000 value. Equal to :func:`linear_schedule` at T = 1000.
+
+    Raises
+    ------
+    ValueError
+        For T < 20, where β_end would exceed 1 (at T = 20, β_end = 1: the last ᾱ is 0, a
+        zero-terminal-SNR table).
 
     References
     ----------
@@ -145,11 +180,14 @@ def guided_diffusion_linear_schedule(num_train_timesteps: int = 1000, *, xp=None
     """
     T = _xp.count("num_train_timesteps", num_train_timesteps)
     scale = 1000.0 / T
-    return linear_schedule(T, min(scale * 1e-4, 1.0), min(scale * 0.02, 1.0), xp=xp)
+    if scale * 0.02 > 1.0:  # guided-diffusion would clip β_end to 1: a zero-terminal-SNR table
+        raise ValueError(f"num_train_timesteps must be >= 20 for the rescaled linear schedule "
+                         f"(beta_end = 0.02 * 1000 / T exceeds 1), got {T}")
+    return linear_schedule(T, scale * 1e-4, scale * 0.02, xp=xp)
 
 
 def scaled_linear_schedule(num_train_timesteps: int = 1000, beta_start: float = 0.00085,
-                           beta_end: float = 0.012, *, xp=None) -> Schedule:
+                           beta_end: float = 0.012, *, xp: Any=None) -> Schedule:
     """Stable Diffusion's "scaled linear" schedule: linear in √β.
 
     .. math:: β_t = (\\sqrt{β_{start}} + (\\sqrt{β_{end}} − \\sqrt{β_{start}})·t/(T−1))^2
@@ -165,7 +203,7 @@ def scaled_linear_schedule(num_train_timesteps: int = 1000, beta_start: float = 
 
 
 def cosine_schedule(num_train_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999,
-                    *, xp=None) -> Schedule:
+                    *, xp: Any=None) -> Schedule:
     """Cosine schedule of Improved DDPM.
 
     .. math::
@@ -200,6 +238,7 @@ def rescale_zero_terminal_snr(schedule: Schedule) -> Schedule:
     ----------
     ZSNR, arXiv:2305.08891v4, Algorithm 1.
     """
+    check_schedule("schedule", schedule)
     xp = array_api_compat.array_namespace(schedule.alphas_cumprod)
     if schedule.num_train_timesteps < 2:
         raise ValueError("rescale_zero_terminal_snr needs num_train_timesteps >= 2")
@@ -212,7 +251,7 @@ def rescale_zero_terminal_snr(schedule: Schedule) -> Schedule:
 
 
 def inference_timesteps(num_train_timesteps: int, num_inference_steps: int,
-                        spacing: str = "leading", offset: int = 0, *, xp=None):
+                        spacing: str = "leading", offset: int = 0, *, xp: Any=None) -> Any:
     """The training timesteps a sampler visits, descending (diffusers' spacing names).
 
     With T = ``num_train_timesteps`` and n = ``num_inference_steps``:
@@ -246,6 +285,7 @@ def inference_timesteps(num_train_timesteps: int, num_inference_steps: int,
     if n > T:
         raise ValueError(f"num_inference_steps must lie in 1..{T} (num_train_timesteps), got {n}")
     _xp.choice("spacing", spacing, SPACINGS)
+    offset = _xp.integer("offset", offset, lo=0)
     xp = host_namespace() if xp is None else xp
     i = xp.arange(n, dtype=xp.float64)
     if spacing == "leading":
@@ -255,7 +295,7 @@ def inference_timesteps(num_train_timesteps: int, num_inference_steps: int,
     else:
         t = xp.flip(xp.round(xp.linspace(0.0, T - 1.0, n, dtype=xp.float64)))
     t = xp.astype(t, xp.int64)
-    if spacing == "leading" and (offset != int(offset) or int(t[0]) > T - 1 or offset < 0):
+    if spacing == "leading" and int(t[0]) > T - 1:
         raise ValueError(f"offset must keep every timestep in [0, {T - 1}], got {offset} "
                          f"(largest timestep {int(t[0])})")
     return t

@@ -19,6 +19,13 @@ and diffusers' DDPMScheduler do this).
 Each public step checks its arguments once (:func:`_step_inputs`, :func:`_check_eta`) and
 calls its private body, which is only the algorithm; the sampling loop calls the bodies.
 
+Precision rule: when x̂_0 is not needed (no ``clip_x0`` and no ``x0_hat``), a step never forms
+x̂_0: its term c·x̂_0 is evaluated as A·(x_t − √(1−ᾱ_t)·ε̂) with A = c/√ᾱ_t computed from ᾱ in
+float64 and cast once to the dtype of x (:func:`_x0_term`). No intermediate then exceeds
+|x_t| + |ε̂| or the term itself, so a float16 step whose float64 result fits float16 does not
+overflow (x̂_0 alone would at cosine t = 999, where 1/√ᾱ ≈ 2·10⁴). With clipping, x̂_0 is
+formed, as the clip needs it.
+
 References
 ----------
 .. [DDPM] J. Ho, A. Jain, P. Abbeel, arXiv:2006.11239v2, Algorithm 2, Eqs. 6–7, Eq. 15.
@@ -42,8 +49,8 @@ VARIANCE_TYPES = ("fixed_small", "fixed_large")
 
 # ----- bodies: math only ------------------------------------------------------------------
 
-def _x0_eps(xp, x_t: Any, eps: Any, ab_t: Any, x0_hat: Any, clip_x0: float | None,
-            rederive_eps: bool):
+def _x0_eps(xp: Any, x_t: Any, eps: Any, ab_t: Any, x0_hat: Any, clip_x0: float | None,
+            rederive_eps: bool) -> Any:
     """x̂_0 (given, or from ε̂), clipped to [−b, b] if asked, and ε̂ re-derived if asked."""
     if x0_hat is None:
         x0_hat = _x0_from_eps(xp, x_t, eps, ab_t)                   # "predicted x_0"
@@ -54,12 +61,12 @@ def _x0_eps(xp, x_t: Any, eps: Any, ab_t: Any, x0_hat: Any, clip_x0: float | Non
     return x0_hat, eps
 
 
-def _ddim_ratio(ab_t: Any, ab_prev: Any, eta: float):
+def _ddim_ratio(ab_t: Any, ab_prev: Any, eta: float) -> Any:
     """r = σ²/(1 − ᾱ_prev) = η²·β'/(1 − ᾱ_t); at most η², since β' ≤ 1 − ᾱ_t."""
     return eta**2 * (1.0 - ab_t / ab_prev) / (1.0 - ab_t)
 
 
-def _ddim_sigma(xp, ab_t: Any, ab_prev: Any, eta: float):
+def _ddim_sigma(xp: Any, ab_t: Any, ab_prev: Any, eta: float) -> Any:
     """(σ, √(1 − ᾱ_prev − σ²)) of DDIM Eq. 16 and Eq. 12, in the precision of ᾱ."""
     r = _ddim_ratio(ab_t, ab_prev, eta)
     one_minus_r = xp.clip(1.0 - r, min=0.0) if _xp.is_array(r) else max(1.0 - r, 0.0)
@@ -67,20 +74,40 @@ def _ddim_sigma(xp, ab_t: Any, ab_prev: Any, eta: float):
     return sigma, sqrt(xp, (1.0 - ab_prev) * one_minus_r)           # coefficient of ε̂, Eq. 12
 
 
-def _ddim_step(xp, x_t: Any, eps: Any, ab_t: Any, ab_prev: Any, eta: float, noise: Any,
-               clip_x0: float | None, rederive_eps: bool, x0_hat: Any):
-    x0_hat, eps = _x0_eps(xp, x_t, eps, ab_t, x0_hat, clip_x0, rederive_eps)
+def _x0_term(xp: Any, x_t: Any, eps: Any, ab_t: Any, c_x0: Any) -> Any:
+    """c_x0·x̂_0 without forming x̂_0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t: (c_x0/√ᾱ_t)·(x_t − √(1−ᾱ_t)·ε̂).
+
+    Numerical choice: the coefficient c_x0/√ᾱ_t is formed in float64 (or ᾱ's dtype) and cast
+    once, so no intermediate is larger than |x_t| + |ε̂| or than the term itself; x̂_0 alone
+    carries the factor 1/√ᾱ_t (≈ 2·10⁴ at cosine t = 999), which overflows float16 where the
+    step's result fits.
+    """
+    a, b = cast(xp, x_t, c_x0 / sqrt(xp, ab_t), sqrt(xp, 1.0 - ab_t))
+    return a * (x_t - b * eps)                                      # DDPM Eq. 15, times c_x0
+
+
+def _ddim_step(xp: Any, x_t: Any, eps: Any, ab_t: Any, ab_prev: Any, eta: float, noise: Any,
+               clip_x0: float | None, rederive_eps: bool, x0_hat: Any) -> Any:
     sigma, dir_coef = _ddim_sigma(xp, ab_t, ab_prev, eta)           # Eq. 16
-    a_prev, dir_coef, sigma = cast(xp, x_t, sqrt(xp, ab_prev), dir_coef, sigma)
-    x_prev = a_prev * x0_hat + dir_coef * eps                       # Eq. 12: x̂_0 term + direction
+    if x0_hat is None and clip_x0 is None:                          # no x̂_0 needed: fold it in
+        dir_coef, sigma = cast(xp, x_t, dir_coef, sigma)
+        x_prev = _x0_term(xp, x_t, eps, ab_t, sqrt(xp, ab_prev)) + dir_coef * eps  # Eq. 12
+    else:
+        x0_hat, eps = _x0_eps(xp, x_t, eps, ab_t, x0_hat, clip_x0, rederive_eps)
+        a_prev, dir_coef, sigma = cast(xp, x_t, sqrt(xp, ab_prev), dir_coef, sigma)
+        x_prev = a_prev * x0_hat + dir_coef * eps                   # Eq. 12: x̂_0 term + direction
     return x_prev + sigma * noise if eta > 0 else x_prev            # Eq. 12: random noise σ·z
 
 
-def _ddpm_mean_variance(xp, x_t: Any, eps: Any, ab_t: Any, ab_prev: Any, variance_type: str,
-                        clip_x0: float | None, x0_hat: Any):
-    x0_hat, _ = _x0_eps(xp, x_t, eps, ab_t, x0_hat, clip_x0, rederive_eps=False)
+def _ddpm_mean_variance(xp: Any, x_t: Any, eps: Any, ab_t: Any, ab_prev: Any, variance_type: str,
+                        clip_x0: float | None, x0_hat: Any) -> Any:
     c0, ct, beta_tilde, beta_step = _posterior_coefficients(xp, ab_t, ab_prev)
-    mean = _posterior_mean(xp, x0_hat, x_t, c0, ct)                 # DDPM Eq. 7 at x̂_0
+    if x0_hat is None and clip_x0 is None:                          # no x̂_0 needed: fold it in
+        (ct_,) = cast(xp, x_t, ct)
+        mean = _x0_term(xp, x_t, eps, ab_t, c0) + ct_ * x_t         # DDPM Eq. 7 at x̂_0 (Eq. 15)
+    else:
+        x0_hat, _ = _x0_eps(xp, x_t, eps, ab_t, x0_hat, clip_x0, rederive_eps=False)
+        mean = _posterior_mean(xp, x0_hat, x_t, c0, ct)             # DDPM Eq. 7 at x̂_0
     variance = beta_tilde if variance_type == "fixed_small" else beta_step  # §3.2: β̃ or β'
     return mean, _xp.as_array_like(xp, variance, x_t)
 
@@ -88,14 +115,15 @@ def _ddpm_mean_variance(xp, x_t: Any, eps: Any, ab_t: Any, ab_prev: Any, varianc
 # ----- the checked prologue ---------------------------------------------------------------
 
 def _step_inputs(x_t: Any, eps: Any, noise: Any, x0_hat: Any, alpha_bar_t: Any,
-                 alpha_bar_prev: Any):
+                 alpha_bar_prev: Any) -> Any:
     """Namespace and validated (ᾱ_t, ᾱ_prev) of a reverse step; ᾱ_t = 0 needs ``x0_hat``."""
-    xp = _xp.arrays("x_t", x_t, eps=eps, noise=noise, x0_hat=x0_hat)
+    xp = _xp.arrays("x_t", x_t, eps=eps, noise=noise, x0_hat=x0_hat,
+                    optional=("noise", "x0_hat"))
     ab_t, ab_prev = _xp.step_levels(xp, x_t, alpha_bar_t, alpha_bar_prev)
     return xp, ab_t, ab_prev
 
 
-def _refuse_zero_snr(xp, ab_t: Any, x0_hat: Any) -> None:
+def _refuse_zero_snr(xp: Any, ab_t: Any, x0_hat: Any) -> None:
     if x0_hat is None and _xp.is_zero(xp, ab_t):
         raise ValueError("alpha_bar_t = 0 (zero terminal SNR): x0_hat cannot be derived from "
                          "an epsilon prediction there; pass x0_hat= (v- or x_0-prediction)")
@@ -110,7 +138,7 @@ def _clip_bound(clip_x0: Any) -> float | None:
     return float(clip_x0)
 
 
-def _check_eta(xp, eta: Any, ab_t: Any, ab_prev: Any) -> float:
+def _check_eta(xp: Any, eta: Any, ab_t: Any, ab_prev: Any) -> float:
     """η ≥ 0, and small enough that 1 − ᾱ_prev − σ² ≥ 0 on this step (host values)."""
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (
             math.isfinite(eta) and eta >= 0):
@@ -131,7 +159,7 @@ def _check_eta(xp, eta: Any, ab_t: Any, ab_prev: Any) -> float:
 
 def ddpm_mean_variance(x_t: Any, eps: Any, alpha_bar_t: Any, alpha_bar_prev: Any, *,
                        variance_type: str = "fixed_small", clip_x0: Any = None,
-                       x0_hat: Any = None):
+                       x0_hat: Any = None) -> Any:
     """Mean and variance of the DDPM reverse step p(x_prev | x_t).
 
     The mean is the posterior mean q(x_prev | x_t, x̂_0) at the predicted (optionally
@@ -168,7 +196,7 @@ def ddpm_mean_variance(x_t: Any, eps: Any, alpha_bar_t: Any, alpha_bar_prev: Any
 
 
 def ddpm_step(x_t: Any, eps: Any, alpha_bar_t: Any, alpha_bar_prev: Any, noise: Any, *,
-              variance_type: str = "fixed_small", clip_x0: Any = None, x0_hat: Any = None):
+              variance_type: str = "fixed_small", clip_x0: Any = None, x0_hat: Any = None) -> Any:
     """One ancestral DDPM step: x_prev = μ̃(x_t, x̂_0) + σ·z.
 
     .. math::
@@ -192,7 +220,9 @@ def ddpm_step(x_t: Any, eps: Any, alpha_bar_t: Any, alpha_bar_prev: Any, noise: 
 
     Notes
     -----
-    With σ² = β̃ this equals :func:`ddim_step` with η = 1 on any (ᾱ_t, ᾱ_prev) pair.
+    With σ² = β̃ this equals :func:`ddim_step` with η = 1 on any (ᾱ_t, ᾱ_prev) pair. Without
+    clipping or ``x0_hat`` the mean's x̂_0 term is formed as A·(x_t − √(1−ᾱ_t)·ε̂) (module
+    docstring: precision rule), so float16 inputs do not overflow where the result fits.
     guided-diffusion's "fixed_large" uses β̃ instead of β at its first timestep to keep a
     log-variance finite; refdiff uses β' throughout and adds no noise on the last step.
 
@@ -219,7 +249,7 @@ def ddpm_step(x_t: Any, eps: Any, alpha_bar_t: Any, alpha_bar_prev: Any, noise: 
     return mean + xp.sqrt(variance) * noise                         # Algorithm 2, line 4
 
 
-def ddim_sigma(alpha_bar_t: Any, alpha_bar_prev: Any, eta: float):
+def ddim_sigma(alpha_bar_t: Any, alpha_bar_prev: Any, eta: float) -> Any:
     """σ of the DDIM step and the coefficient of ε̂: (σ, √(1 − ᾱ_prev − σ²)).
 
     .. math::
@@ -257,7 +287,7 @@ def ddim_sigma(alpha_bar_t: Any, alpha_bar_prev: Any, eta: float):
 
 def ddim_step(x_t: Any, eps: Any, alpha_bar_t: Any, alpha_bar_prev: Any, *, eta: float = 0.0,
               noise: Any = None, clip_x0: Any = None, rederive_eps: bool = True,
-              x0_hat: Any = None):
+              x0_hat: Any = None) -> Any:
     """One DDIM step: x_prev = √ᾱ_prev·x̂_0 + √(1−ᾱ_prev−σ²)·ε̂ + σ·z.
 
     Parameters
@@ -283,6 +313,12 @@ def ddim_step(x_t: Any, eps: Any, alpha_bar_t: Any, alpha_bar_prev: Any, *, eta:
     -------
     x_prev : array, shape, dtype and device of ``x_t``
 
+    Notes
+    -----
+    Without clipping or ``x0_hat`` the step is formed as A·(x_t − √(1−ᾱ_t)·ε̂) +
+    √(1−ᾱ_prev−σ²)·ε̂ + σ·z with A = √ᾱ_prev/√ᾱ_t computed in float64 (module docstring:
+    precision rule); otherwise as Eq. 12 through x̂_0.
+
     References
     ----------
     DDIM, arXiv:2010.02502v4, Eq. 12 and Eq. 16.
@@ -299,11 +335,12 @@ def ddim_step(x_t: Any, eps: Any, alpha_bar_t: Any, alpha_bar_prev: Any, *, eta:
         raise ValueError(f"noise is required when eta > 0 (got eta={eta} and noise=None)")
     _refuse_zero_snr(xp, ab_t, x0_hat)
     clip_x0 = _clip_bound(clip_x0)
+    rederive_eps = _xp.flag("rederive_eps", rederive_eps)
     return _ddim_step(xp, x_t, eps, ab_t, ab_prev, eta, noise, clip_x0, rederive_eps, x0_hat)
 
 
 def ddim_inversion_step(x_t: Any, eps: Any, alpha_bar_t: Any, alpha_bar_next: Any, *,
-                        x0_hat: Any = None):
+                        x0_hat: Any = None) -> Any:
     """Deterministic DDIM (η = 0) run forward: from ᾱ_t to a noisier ᾱ_next ≤ ᾱ_t.
 
     .. math:: x_{next} = \\sqrt{\\bar α_{next}}\\,\\hat x_0 + \\sqrt{1−\\bar α_{next}}\\,\\hat ε
@@ -330,7 +367,7 @@ def ddim_inversion_step(x_t: Any, eps: Any, alpha_bar_t: Any, alpha_bar_next: An
     ----------
     DDIM, arXiv:2010.02502v4, Eq. 12 with σ = 0, and §4.3 (the ODE run in reverse).
     """
-    xp = _xp.arrays("x_t", x_t, eps=eps, x0_hat=x0_hat)
+    xp = _xp.arrays("x_t", x_t, eps=eps, x0_hat=x0_hat, optional=("x0_hat",))
     ab_t = _xp.level(xp, "alpha_bar_t", alpha_bar_t, x_t)
     ab_next = _xp.level(xp, "alpha_bar_next", alpha_bar_next, x_t)
     _xp.check_order(xp, "alpha_bar_t", ab_t, "alpha_bar_next", ab_next)
@@ -338,7 +375,8 @@ def ddim_inversion_step(x_t: Any, eps: Any, alpha_bar_t: Any, alpha_bar_next: An
     return _ddim_inversion_step(xp, x_t, eps, ab_t, ab_next, x0_hat)
 
 
-def _ddim_inversion_step(xp, x_t: Any, eps: Any, ab_t: Any, ab_next: Any, x0_hat: Any):
-    if x0_hat is None:
-        x0_hat = _x0_from_eps(xp, x_t, eps, ab_t)                   # "predicted x_0"
+def _ddim_inversion_step(xp: Any, x_t: Any, eps: Any, ab_t: Any, ab_next: Any, x0_hat: Any) -> Any:
+    if x0_hat is None:                                              # no x̂_0 needed: fold it in
+        (b_next,) = cast(xp, x_t, sqrt(xp, 1.0 - ab_next))
+        return _x0_term(xp, x_t, eps, ab_t, sqrt(xp, ab_next)) + b_next * eps  # DDIM Eq. 12, σ = 0
     return _q_sample(xp, x0_hat, ab_next, eps)                      # DDIM Eq. 12, σ = 0

@@ -43,7 +43,7 @@ WEIGHTINGS = ("none", "min_snr")
 REDUCTIONS = ("mean", "none")
 
 
-def _backend_generator(like: Any, generator: Any):
+def _backend_generator(like: Any, generator: Any) -> Any:
     """The backend of ``like`` and the caller's generator (required: no hidden seeding)."""
     from refdiff.backends import get_backend
 
@@ -60,7 +60,7 @@ def _batch_size(name: str, a: Any) -> int:
     return int(a.shape[0])
 
 
-def sample_timesteps(x0: Any, num_train_timesteps: int, *, generator: Any):
+def sample_timesteps(x0: Any, num_train_timesteps: int, *, generator: Any) -> Any:
     """Draw one training timestep per sample, t ~ Uniform{0, …, T−1}.
 
     Parameters
@@ -92,7 +92,7 @@ def sample_timesteps(x0: Any, num_train_timesteps: int, *, generator: Any):
     return xp.clip(xp.astype(xp.floor(u * T), xp.int64), 0, T - 1)  # t = ⌊u·T⌋
 
 
-def alpha_bar_at(schedule: Any, t: Any):
+def alpha_bar_at(schedule: Any, t: Any) -> Any:
     """ᾱ_t of a schedule gathered at an int array of timesteps (float64, on t's device).
 
     Parameters
@@ -106,6 +106,9 @@ def alpha_bar_at(schedule: Any, t: Any):
     alpha_bar_t : float64 array, shape (B,); pass it to :func:`refdiff.q_sample` and the
         losses as is (they cast late, to the dtype of x).
     """
+    from refdiff.schedules import check_schedule
+
+    check_schedule("schedule", schedule)
     xp = _xp.namespace(t=t)
     if not xp.isdtype(t.dtype, "integral"):
         raise TypeError(f"t must have an integer dtype, got {t.dtype}")
@@ -116,7 +119,7 @@ def alpha_bar_at(schedule: Any, t: Any):
     return xp.take(table, t, axis=0)
 
 
-def drop_condition(cond: Any, null_cond: Any, p: float, *, generator: Any):
+def drop_condition(cond: Any, null_cond: Any, p: float, *, generator: Any) -> Any:
     """Replace each sample's condition by the null condition ∅ with probability p.
 
     Training with this makes one network both conditional and unconditional, which is what
@@ -156,7 +159,7 @@ def drop_condition(cond: Any, null_cond: Any, p: float, *, generator: Any):
     return xp.where(mask, null, cond), dropped
 
 
-def _null_array(xp, cond: Any, null_cond: Any):
+def _null_array(xp: Any, cond: Any, null_cond: Any) -> Any:
     """∅ as an array that broadcasts against ``cond``, in its dtype and on its device."""
     integral = xp.isdtype(cond.dtype, "integral")
     if not _xp.is_array(null_cond):
@@ -174,7 +177,7 @@ def _null_array(xp, cond: Any, null_cond: Any):
     return null_cond
 
 
-def _snr(xp, ab: Any):
+def _snr(xp: Any, ab: Any) -> Any:
     if not _xp.is_array(ab):
         return math.inf if ab == 1 else ab / (1.0 - ab)
     one_minus = 1.0 - ab
@@ -182,7 +185,7 @@ def _snr(xp, ab: Any):
     return xp.where(one_minus == 0, xp.full_like(one_minus, math.inf), ab / safe)  # ᾱ/(1 − ᾱ)
 
 
-def _min_snr_weight(xp, ab: Any, gamma: float, prediction_type: str):
+def _min_snr_weight(xp: Any, ab: Any, gamma: float, prediction_type: str) -> Any:
     if prediction_type == "sample":                                 # min(SNR, γ)
         s = _snr(xp, ab)
         return min(s, gamma) if not _xp.is_array(s) else _clip_max(xp, s, gamma)
@@ -196,11 +199,11 @@ def _min_snr_weight(xp, ab: Any, gamma: float, prediction_type: str):
                                             1.0))
 
 
-def _clip_max(xp, a: Any, hi: float):
+def _clip_max(xp: Any, a: Any, hi: float) -> Any:
     return xp.where(a > hi, xp.full_like(a, hi), a)
 
 
-def _alpha_bar_any_shape(alpha_bar_t: Any):
+def _alpha_bar_any_shape(alpha_bar_t: Any) -> Any:
     """ᾱ in [0, 1] as a float or an array of any shape, and its namespace (None for a float)."""
     if not _xp.is_array(alpha_bar_t):
         return None, _xp.number("alpha_bar_t", alpha_bar_t, lo=0.0, hi=1.0)
@@ -208,7 +211,7 @@ def _alpha_bar_any_shape(alpha_bar_t: Any):
     return xp, _xp.level(xp, "alpha_bar_t", alpha_bar_t, None)
 
 
-def snr(alpha_bar_t: Any):
+def snr(alpha_bar_t: Any) -> Any:
     """The signal-to-noise ratio SNR(t) = ᾱ_t/(1 − ᾱ_t) (∞ at ᾱ = 1, 0 at ᾱ = 0).
 
     Parameters
@@ -239,7 +242,7 @@ def _check_gamma(gamma: Any) -> float:
     return float(gamma)
 
 
-def min_snr_weight(alpha_bar_t: Any, gamma: float = 5.0, prediction_type: str = "epsilon"):
+def min_snr_weight(alpha_bar_t: Any, gamma: float = 5.0, prediction_type: str = "epsilon") -> Any:
     """The min-SNR-γ loss weight for a parameterisation.
 
     .. math::
@@ -280,14 +283,14 @@ def min_snr_weight(alpha_bar_t: Any, gamma: float = 5.0, prediction_type: str = 
     return _min_snr_weight(xp, ab, gamma, prediction_type)
 
 
-def _per_sample_mse(xp, prediction: Any, target: Any):
+def _per_sample_mse(xp: Any, prediction: Any, target: Any) -> Any:
     d = prediction - target
     if d.ndim == 1:
         return d * d
     return xp.mean(d * d, axis=tuple(range(1, d.ndim)))            # (1/D)·‖·‖² per sample
 
 
-def per_sample_mse(prediction: Any, target: Any):
+def per_sample_mse(prediction: Any, target: Any) -> Any:
     """(1/D)·‖prediction − target‖² per sample: shape (B,), dtype of ``prediction``."""
     xp = _xp.arrays("prediction", prediction, target=target)
     _batch_size("prediction", prediction)
@@ -296,7 +299,7 @@ def per_sample_mse(prediction: Any, target: Any):
 
 def diffusion_loss(model_output: Any, x0: Any, eps: Any, alpha_bar_t: Any,
                    prediction_type: str = "epsilon", *, weighting: str = "none",
-                   gamma: float = 5.0, reduction: str = "mean"):
+                   gamma: float = 5.0, reduction: str = "mean") -> Any:
     """The denoising loss of one training batch, for ε, x_0 or v prediction.
 
     .. math::
@@ -344,5 +347,5 @@ def diffusion_loss(model_output: Any, x0: Any, eps: Any, alpha_bar_t: Any,
     return _reduce(xp, losses, reduction)
 
 
-def _reduce(xp, losses: Any, reduction: str):
+def _reduce(xp: Any, losses: Any, reduction: str) -> Any:
     return xp.mean(losses) if reduction == "mean" else losses

@@ -22,7 +22,8 @@ X = np.ones((2, 3))
     (lambda: rd.Schedule.from_betas([0.1, 0.0]), ValueError, r"betas must lie in \(0, 1\]"),
     (lambda: rd.Schedule.from_betas([1.0, 0.5]), ValueError, "betas may equal 1 only at the last"),
     (lambda: rd.Schedule.from_betas([[0.1]]), ValueError, "betas must be 1-D"),
-    (lambda: rd.Schedule.from_betas([1e-300, 1e-300]), ValueError, "strictly decreasing"),
+    (lambda: rd.Schedule.from_betas([1e-300, 1e-300]), ValueError, "rounds to 1 in float64"),
+    (lambda: rd.Schedule.from_betas([0.5, 1e-300]), ValueError, "strictly decreasing"),
     # inference timesteps
     (lambda: rd.inference_timesteps(10, 11), ValueError, r"num_inference_steps must lie in 1..10"),
     (lambda: rd.inference_timesteps(10, 0), ValueError, "num_inference_steps must be a positive int"),

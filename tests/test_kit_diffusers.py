@@ -4,6 +4,8 @@ Each finding is asserted as a failure of a public check on a stated configuratio
 where the claim is a specific number, checked directly). The default configurations pass the
 step and loop checks: the adapters are not what fails."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,8 @@ torch = pytest.importorskip("torch")
 
 import refdiff as rd  # noqa: E402
 from refdiff.testing import check_schedule, references as R  # noqa: E402
-from refdiff.testing.diffusers_adapters import DiffusersScheduler, run_checks  # noqa: E402
+from refdiff.testing.diffusers_adapters import (MATH, DiffusersScheduler,  # noqa: E402
+                                                check_configured_timesteps, run_checks)
 from refdiff.testing.tolerance import to_numpy  # noqa: E402
 
 
@@ -40,8 +43,12 @@ def test_tables_are_float32():
 
 
 def test_trailing_timesteps_differ():
-    result = results("DDIMScheduler", ["timesteps"])["inference timesteps"]
-    assert not result.passed and result.counterexample["spacing"] == "trailing"
+    result = results("DDIMScheduler", ["timesteps"], timestep_spacing="trailing")["inference timesteps"]
+    assert not result.passed and result.counterexample == {"T": 1000, "n": 48, "spacing": "trailing",
+                                                           "offset": 0}
+    assert "111 of 1000 values of n differ; first n = 48" in result.message
+    assert result.classification.startswith("finding: diffusers builds trailing timesteps as "
+                                            "round(arange(T, 0, -T/n)) - 1")
     longer, ties = [], []
     for n in range(1, 1001):
         ts = DiffusersScheduler().timesteps(1000, n, "trailing")
@@ -56,7 +63,11 @@ def test_ddim_previous_timestep_by_stride(config):
     result = results("DDIMScheduler", ["ddim"], **config)["DDIM step"]
     assert not result.passed, config
     ce = result.counterexample  # shrunk to a step where t - T//n misses the listed level
-    assert max(ce["t"] - 1000 // ce["n"], -1) != ce["t_prev"]
+    stride = max(ce["t"] - 1000 // ce["n"], -1)
+    assert stride != ce["t_prev"]
+    assert result.classification == (
+        f"finding: diffusers' DDIM step goes to t - T//n = {stride}, not to the next listed "
+        f"timestep {ce['t_prev']} (a convention, not a math error)")
 
 
 def _prev_level(T, n, t, **config):
@@ -88,8 +99,52 @@ def test_ddpm_adds_noise_on_a_last_step_with_t_above_zero():
         assert not result.passed
         ce = result.counterexample
         assert ce.get("t_prev", -1) == -1
+        assert "diffusers' DDPM step adds noise whenever t > 0" in result.classification
 
 
 def test_ddpm_fixed_large_log_gives_nan():
     result = results("DDPMScheduler", ["ddpm"], variance_type="fixed_large_log")["DDPM step"]
     assert not result.passed and np.isnan(to_numpy(result.actual)).any()
+    assert result.classification == MATH  # a NaN is no convention
+
+
+def test_ddpm_fixed_small_adds_the_clamped_noise_on_a_last_step_above_zero():
+    """variance β̃ to ᾱ = 1 is 0, clamped to 1e-20 by diffusers: it adds 1e-10·z at t = 999."""
+    a = DiffusersScheduler("DDPMScheduler", timestep_spacing="trailing", clip_sample=False)
+    zero, one = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    with_noise = a.ddpm_step(zero, one, 999, -1, noise=one, num_inference_steps=1)
+    without = a.ddpm_step(zero, one, 999, -1, noise=zero, num_inference_steps=1)
+    assert float(with_noise - without) == pytest.approx(1e-10, rel=1e-9)
+
+
+class _SlippedDDIM(DiffusersScheduler):
+    """diffusers' DDIM step, 1 % too large: a math slip, not a convention."""
+
+    def ddim_step(self, *args, **kwargs):
+        return 1.01 * super().ddim_step(*args, **kwargs)
+
+
+@pytest.mark.parametrize("config", [{}, {"timestep_spacing": "trailing"}])
+def test_a_math_slip_is_not_called_a_finding(config):
+    """Also where a convention differs too (trailing): the replay must meet diffusers' output."""
+    for result in run_checks(_SlippedDDIM("DDIMScheduler", **config), ["ddim", "loop"],
+                             max_examples=30):
+        assert not result.passed and result.classification == MATH, result.report()
+
+
+def test_configured_timesteps_use_the_offset():
+    """Leading with steps_offset=1: every n whose list stays in [0, T-1] matches refdiff's."""
+    result = check_configured_timesteps(DiffusersScheduler(steps_offset=1))
+    assert result.passed and result.examples == 999  # n = 1000 would reach t = 1000
+
+
+@pytest.mark.parametrize("config,message", [
+    ({"timestep_spacing": "bogus"}, "timestep_spacing='bogus': not mapped"),
+    ({"num_train_timesteps": -5}, "num_train_timesteps=-5: must be >= 2"),
+    ({"beta_schedule": "sigmoid"}, "beta_schedule='sigmoid': not mapped"),
+    ({"clip_sample": "yes"}, "clip_sample='yes': expected True or False"),
+    ({"thresholding": True}, "thresholding=True: not mapped"),
+])
+def test_unmappable_configurations_are_refused(config, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        DiffusersScheduler("DDIMScheduler", **config)

@@ -41,3 +41,35 @@ def test_readme_shows_the_same_example():
     readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
     section = readme.split("## Testing your implementation against refdiff", 1)[1]
     assert re.findall(r"```python\n(.*?)```", section, flags=re.S)[0] == EXAMPLE
+
+
+def _statement():
+    """{target: [(check, verdict, classification)]} from the default-configuration table of
+    docs/testing.md "### diffusers"."""
+    section = DOC.split("### diffusers", 1)[1].split("\n### ", 1)[0]
+    rows = re.findall(r"^\| `diffusers:(\w+)` \| (.+?) \| (PASS|FAIL)(?: — (.+?))? \|$", section,
+                      flags=re.M)
+    table: dict = {}
+    for target, check, verdict, why in rows:
+        table.setdefault(target, []).append((check, verdict, why))
+    return table
+
+
+def _verdicts(out: str):
+    """[(check, verdict, classification)] from the output of ``refdiff check``."""
+    found = re.findall(r"^(PASS|FAIL)  (.+?)  \(.*\n(?:  ((?:finding|disagreement).*)\n)?", out,
+                       flags=re.M)
+    return [(check, verdict, why) for verdict, check, why in found]
+
+
+@pytest.mark.parametrize("name", ["DDIMScheduler", "DDPMScheduler"])
+def test_default_configuration_statement(name, capsys):
+    """`refdiff check diffusers:<name>` with no --config prints the verdicts the docs state."""
+    pytest.importorskip("diffusers")
+    from refdiff.cli import main
+
+    stated = _statement()[name]
+    assert len(stated) == 4  # schedule, timesteps, step, loop
+    status = main(["check", f"diffusers:{name}"])
+    assert _verdicts(capsys.readouterr().out) == stated
+    assert status == (1 if any(v == "FAIL" for _, v, _ in stated) else 0)

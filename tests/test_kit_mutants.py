@@ -3,10 +3,13 @@
 The mutants (refdiff.testing.mutants.MUTANTS) are a hand-written tutorial sampler with one
 bug each; the checks are the same ones a user runs. A test that cannot fail is a defect, so
 the correct control of each check must pass and each mutant must fail, with a shrunk
-counterexample and a bounded number of examples."""
+counterexample and a bounded number of examples. The mutants are caught at the float64
+bound (the default target) and at the float32 bound, and each failing example lands far
+above the bound (error/bound ≥ 10 in float32)."""
 
 import pytest
 
+from refdiff.testing import Target
 from refdiff.testing import mutants as M
 
 MUTANT_IDS = [c.name for c in M.MUTANTS]
@@ -25,6 +28,22 @@ def test_mutant_is_caught(case):
     assert not result.passed, f"{case.name} was not caught by {case.check.__name__}"
     assert result.examples_to_fail <= 100, result.examples_to_fail  # budget: 150 (50 for schedules)
     assert result.counterexample and result.reproduction and result.max_abs > 1e-9
+
+
+ARRAY_MUTANTS = [c for c in M.MUTANTS if c.check not in (M.C.check_schedule, M.C.check_timesteps)]
+
+
+@pytest.mark.parametrize("case", ARRAY_MUTANTS, ids=[c.name for c in ARRAY_MUTANTS])
+def test_mutant_is_caught_in_float32(case):
+    pytest.importorskip("torch")
+    result, ratios = M.run_observed(case, target=Target("torch", "float32"))
+    assert not result.passed, f"{case.name} was not caught in float32"
+    assert result.examples_to_fail <= 100, result.examples_to_fail
+    assert ratios["least"] > 10, ratios  # every failing example far above the bound
+
+
+def test_at_least_eighteen_mutants():
+    assert len(M.MUTANTS) >= 18 and len({c.name for c in M.MUTANTS}) == len(M.MUTANTS)
 
 
 def test_noise_on_last_step_needs_a_nonzero_last_variance():

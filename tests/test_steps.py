@@ -95,10 +95,16 @@ def test_model_x0_prediction_path_equals_eps_path(b, pair):
     """Passing x0_hat= (from an x_0- or v-model) equals deriving it from ε̂."""
     x, e, z = b
     x0, _ = rd.predict_x0_eps(x, e, pair[0])
+    # The ε path is folded (A·x_t + B·ε̂), the x̂_0 path is not: each form rounds ~6 terms,
+    # none larger than (|x_t| + |ε̂|)/√ᾱ_t + |ε̂| + |z|, so they differ by at most 2·6·u·that.
+    big = (np.abs(x) + np.abs(e)) / np.sqrt(pair[0]) + np.abs(e) + np.abs(z)
+    tol = 12 * np.finfo(np.float64).eps / 2 * big
     for eta in (0.0, 0.7):
-        np.testing.assert_array_equal(rd.ddim_step(x, e, *pair, eta=eta, noise=z, x0_hat=x0),
-                                      rd.ddim_step(x, e, *pair, eta=eta, noise=z))
-    np.testing.assert_array_equal(rd.ddpm_step(x, e, *pair, z, x0_hat=x0), rd.ddpm_step(x, e, *pair, z))
+        d = rd.ddim_step(x, e, *pair, eta=eta, noise=z, x0_hat=x0) - rd.ddim_step(
+            x, e, *pair, eta=eta, noise=z)
+        assert np.all(np.abs(d) <= tol)
+    d = rd.ddpm_step(x, e, *pair, z, x0_hat=x0) - rd.ddpm_step(x, e, *pair, z)
+    assert np.all(np.abs(d) <= tol)
 
 
 @given(b=batch(3), pair=alpha_pair())

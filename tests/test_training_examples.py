@@ -25,21 +25,46 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def examples_on_path(monkeypatch):
-    """The examples import their helpers as scripts do; torch's global settings come back."""
+def examples_on_path(tmp_path, monkeypatch):
+    """The examples import their helpers as scripts do and run in an empty current directory
+    (their default output folder); torch's global settings come back, and no committed file
+    (docs/ above all) has changed."""
     monkeypatch.syspath_prepend(str(EXAMPLES))
+    monkeypatch.chdir(tmp_path)
+    import _output
+
+    before = _output.committed_state()
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     yield
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic)
+    assert _output.committed_state() == before, "an example wrote into the repository"
 
 
 def _run(name: str, out: pathlib.Path, cache: pathlib.Path, monkeypatch) -> dict:
-    argv = ["--quick", "--out-dir", str(out), "--cache-dir", str(cache)]
+    """Quick mode with the default output folder, the current directory (``out``)."""
+    argv = ["--quick", "--cache-dir", str(cache)]
     monkeypatch.setattr(sys, "argv", [name, *argv])
     module = runpy.run_path(str(EXAMPLES / f"{name}.py"))
     assert module["main"](argv) == 0
-    return json.loads(next(out.glob("*.json")).read_text())
+    assert pathlib.Path.cwd() == out.resolve()
+    (path,) = out.glob("*.json")
+    return json.loads(path.read_text())
+
+
+def test_default_cache_is_git_ignored():
+    """The default --cache-dir (examples/.cache) never shows up as a change to commit."""
+    import shutil
+    import subprocess
+
+    import _digits
+
+    repo = EXAMPLES.parent
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    probe = _digits.CACHE / "denoiser-0123456789ab.pt"
+    proc = subprocess.run(["git", "check-ignore", "-q", str(probe)], cwd=repo)
+    assert proc.returncode == 0, f"{_digits.CACHE} is not git-ignored"
 
 
 def _png_ok(out: pathlib.Path) -> None:

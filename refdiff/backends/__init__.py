@@ -18,6 +18,7 @@ Third-party backends register with :func:`register_backend` or through the entry
 from __future__ import annotations
 
 import importlib
+import numbers
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
@@ -36,13 +37,51 @@ _instances: dict[str, "Backend"] = {}
 _entry_points_loaded = False
 
 
+def _describe(value: Any) -> str:
+    """``value`` for an error message: its type, with the module, and its repr (shortened)."""
+    t = type(value)
+    module = "" if t.__module__ == "builtins" else t.__module__ + "."
+    text = repr(value)
+    return f"{module}{t.__name__} {text if len(text) <= 80 else text[:77] + '...'}"
+
+
 class Backend:
-    """Base class of a backend. Subclasses set ``name`` and implement the methods."""
+    """Base class of a backend. Subclasses set ``name`` and implement the methods.
+
+    The draws (:meth:`generator`, :meth:`normal`, :meth:`uniform`) check their arguments
+    here, once for every backend, and then call the hooks a subclass implements:
+    ``_new_generator(seed, device)`` (a generator from ``None``, an int seed or one of
+    ``seed_types``), ``_normal`` and ``_uniform`` (``(shape, dtype, device, generator)``,
+    all checked), and optionally ``_device``, ``_dtype`` and ``_adopt`` (normalise a
+    device, a dtype, or a caller's own generator). A subclass may instead override the
+    public methods and do its own checking.
+
+    Attributes
+    ----------
+    name : str
+        The registry name.
+    generator_types : tuple of type
+        The library's own generator types: :meth:`generator` returns such an object as is.
+    generator_doc : str
+        Those types in words, for error messages (e.g. ``"a torch.Generator"``).
+    seed_types : tuple of type
+        Other seed objects the library itself takes (NumPy's ``SeedSequence`` and
+        ``BitGenerator``), passed to ``_new_generator`` as they are.
+    max_seed : int or None
+        The largest int seed the library takes (``None``: no limit).
+    default_dtype
+        The dtype of a draw when ``dtype=None``.
+    """
 
     name = "base"
+    generator_types: tuple[type, ...] = ()
+    generator_doc = "a generator of the library"
+    seed_types: tuple[type, ...] = ()
+    max_seed: int | None = None
+    default_dtype: Any = None
 
     @property
-    def xp(self):
+    def xp(self) -> Any:
         """The array-API namespace of this library."""
         raise NotImplementedError
 
@@ -50,21 +89,159 @@ class Backend:
         """True if ``a`` is an array of this library."""
         raise NotImplementedError
 
-    def generator(self, seed_or_generator: Any = None, device: Any = None):
-        """A generator object from an int seed (or a generator, returned as is)."""
+    def generator(self, seed_or_generator: Any = None, device: Any = None) -> Any:
+        """A generator for the draws of this backend.
+
+        Parameters
+        ----------
+        seed_or_generator : None, int or generator
+            ``None`` (a fresh, unpredictably seeded generator), a non-negative int seed
+            (Python or NumPy integer; ``bool`` refused) up to ``max_seed``, or a generator of
+            this library (``generator_types``), returned as is so that successive calls
+            continue its stream. The NumPy-based backends also take NumPy's own seed objects
+            (``numpy.random.SeedSequence``, ``numpy.random.BitGenerator``), as
+            ``numpy.random.default_rng`` does. Error messages call this argument
+            ``generator``, the name it has in :meth:`normal`, :meth:`uniform` and the public
+            functions that draw.
+        device : optional
+            The device the draws will be made on (torch: a generator lives on one device).
+
+        Returns
+        -------
+        generator
+            A generator object of this library. The same seed gives the same draws on every
+            call.
+
+        Raises
+        ------
+        TypeError
+            If ``seed_or_generator`` is anything else: a float (even ``3.0``), a ``bool``, a
+            string, a list, an array, or a generator of another library (a
+            ``torch.Generator`` for a NumPy draw, a ``numpy.random.Generator`` for a torch
+            one).
+        ValueError
+            If the seed is negative or above ``max_seed``, if the device is not one of this
+            library, or (torch) if a generator lives on another device type than the draws.
+        """
+        dev = self._device(device)
+        value = seed_or_generator
+        if isinstance(value, self.generator_types):
+            return self._adopt(value, dev)
+        if isinstance(value, self.seed_types):
+            return self._new_generator(value, dev)
+        return self._new_generator(self._seed(value), dev)
+
+    def normal(self, shape: tuple[int, ...], *, dtype: Any = None, device: Any = None,
+               generator: Any = None) -> Any:
+        """Standard normal draws of ``shape`` in ``dtype`` on ``device``.
+
+        Parameters
+        ----------
+        shape : tuple of int
+            Non-negative sizes (a tuple or list; ``torch.Size`` is a tuple).
+        dtype : real floating dtype of the library, optional
+            ``None`` for ``default_dtype``.
+        device : optional
+            A device of the library (``None``: its default one).
+        generator : None, int or generator, optional
+            As ``seed_or_generator`` of :meth:`generator`.
+
+        Returns
+        -------
+        array
+            Of ``shape``, ``dtype`` and ``device``. A given seed gives the same values on
+            every call.
+
+        Raises
+        ------
+        TypeError
+            If ``shape`` is not a tuple of ints, ``dtype`` is not a real floating dtype of the
+            library (no silent cast of the draws to an integer dtype), or ``generator`` has a
+            type :meth:`generator` refuses.
+        ValueError
+            If a size in ``shape`` is negative, or for a device or seed :meth:`generator`
+            refuses.
+        """
+        shape, dtype, dev = self._draw_args(shape, dtype, device)
+        return self._normal(shape, dtype, dev, self.generator(generator, dev))
+
+    def uniform(self, shape: tuple[int, ...], *, dtype: Any = None, device: Any = None,
+                generator: Any = None) -> Any:
+        """Uniform draws on [0, 1) of ``shape`` in ``dtype`` on ``device``.
+
+        Parameters
+        ----------
+        shape, dtype, device, generator
+            As for :meth:`normal`.
+
+        Returns
+        -------
+        array
+            As for :meth:`normal`, with values in [0, 1).
+
+        Raises
+        ------
+        TypeError, ValueError
+            As for :meth:`normal`.
+        """
+        shape, dtype, dev = self._draw_args(shape, dtype, device)
+        return self._uniform(shape, dtype, dev, self.generator(generator, dev))
+
+    # ----- hooks and checks of the draws ---------------------------------------------------
+    def _new_generator(self, seed: Any, device: Any) -> Any:
         raise NotImplementedError
 
-    def normal(self, shape: tuple[int, ...], *, dtype: Any, device: Any = None,
-               generator: Any = None):
-        """Standard normal draws of ``shape`` in ``dtype`` on ``device``."""
+    def _normal(self, shape: tuple[int, ...], dtype: Any, device: Any, generator: Any) -> Any:
         raise NotImplementedError
 
-    def uniform(self, shape: tuple[int, ...], *, dtype: Any, device: Any = None,
-                generator: Any = None):
-        """Uniform draws on [0, 1) of ``shape`` in ``dtype`` on ``device``."""
+    def _uniform(self, shape: tuple[int, ...], dtype: Any, device: Any, generator: Any) -> Any:
         raise NotImplementedError
 
-    def grad(self, fn: Callable[[Any], Any], x: Any):
+    def _adopt(self, generator: Any, device: Any) -> Any:
+        """A caller's own generator, for draws on ``device``."""
+        return generator
+
+    def _device(self, device: Any) -> Any:
+        """``device`` checked and normalised (here: as is)."""
+        return device
+
+    def _dtype(self, dtype: Any) -> Any:
+        """``dtype`` if it is a real floating dtype of the library, else TypeError."""
+        try:
+            ok = bool(self.xp.isdtype(dtype, "real floating"))
+        except Exception:  # not a dtype of this library at all
+            ok = False
+        if not ok:
+            raise TypeError(f"dtype must be a real floating dtype of {self.name} (e.g. "
+                            f"{self.default_dtype}), got {_describe(dtype)}")
+        return dtype
+
+    def _seed(self, value: Any) -> int | None:
+        """``None``, or ``value`` as a non-negative int seed (at most ``max_seed``)."""
+        accepted = f"None, a non-negative int seed or {self.generator_doc}"
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"generator must be {accepted}, got {_describe(value)}")
+        seed = int(value)
+        if seed < 0 or (self.max_seed is not None and seed > self.max_seed):
+            top = "" if self.max_seed is None else f" and at most {self.max_seed}"
+            raise ValueError(f"generator as an int seed must be >= 0{top} for the {self.name} "
+                             f"backend, got {seed}")
+        return seed
+
+    def _draw_args(self, shape: Any, dtype: Any, device: Any) -> Any:
+        """(shape as a tuple of ints, dtype, device) of a draw, checked."""
+        if not isinstance(shape, (tuple, list)) or any(
+                isinstance(n, bool) or not isinstance(n, numbers.Integral) for n in shape):
+            raise TypeError(f"shape must be a tuple of ints, got {_describe(shape)}")
+        sizes = tuple(int(n) for n in shape)
+        if any(n < 0 for n in sizes):
+            raise ValueError(f"shape must hold non-negative sizes, got {sizes}")
+        dtype = self.default_dtype if dtype is None else self._dtype(dtype)
+        return sizes, dtype, self._device(device)
+
+    def grad(self, fn: Callable[[Any], Any], x: Any) -> Any:
         """∇ₓ fn(x) for a scalar-valued ``fn``."""
         raise TypeError(
             f"the {self.name} backend has no automatic differentiation: pass an analytic "
@@ -72,7 +249,7 @@ class Backend:
             "refdiff.Guidance(grad_log_prob=...) to refdiff.sample), or use torch tensors"
         )
 
-    def to_numpy(self, a: Any):
+    def to_numpy(self, a: Any) -> Any:
         """A host NumPy array with the values of ``a``."""
         raise NotImplementedError
 

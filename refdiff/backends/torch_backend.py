@@ -8,7 +8,7 @@ from typing import Any, Callable
 import array_api_compat.torch as torch_xp
 import torch
 
-from refdiff.backends import Backend
+from refdiff.backends import Backend, _describe
 
 
 class TorchBackend(Backend):
@@ -17,39 +17,57 @@ class TorchBackend(Backend):
     are the rounded float32 draws of the same seed."""
 
     name = "torch"
+    generator_types = (torch.Generator,)
+    generator_doc = "a torch.Generator (on the device of the draws)"
+    max_seed = 2**64 - 1  # torch.Generator.manual_seed takes seeds in [0, 2**64 - 1]
+    default_dtype = torch.float32
 
     @property
-    def xp(self):
+    def xp(self) -> Any:
         return torch_xp
 
     def owns(self, a: Any) -> bool:
         return isinstance(a, torch.Tensor)
 
-    def generator(self, seed_or_generator: Any = None, device: Any = None):
-        if isinstance(seed_or_generator, torch.Generator):
-            return seed_or_generator
-        gen = torch.Generator(device=torch.device(device or "cpu"))
-        if seed_or_generator is None:
+    def _new_generator(self, seed: Any, device: Any) -> Any:
+        gen = torch.Generator(device=device)
+        if seed is None:
             gen.seed()
         else:
-            gen.manual_seed(int(seed_or_generator))
+            gen.manual_seed(seed)
         return gen
 
-    def normal(self, shape, *, dtype: Any = torch.float32, device: Any = None,
-               generator: Any = None):
-        device = torch.device(device or "cpu")
-        gen = self.generator(generator, device)
+    def _adopt(self, generator: Any, device: Any) -> Any:
+        if generator.device.type != device.type:
+            raise ValueError(f"generator is a torch.Generator on {generator.device} but the "
+                             f"draws are on {device}; pass a generator of that device or an "
+                             "int seed")
+        return generator
+
+    def _device(self, device: Any) -> Any:
+        if device is None:
+            return torch.device("cpu")
+        try:
+            return torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"device must be None or a torch device (e.g. 'cpu', 'cuda'), "
+                             f"got {_describe(device)}") from None
+
+    def _dtype(self, dtype: Any) -> Any:
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a real floating torch dtype (e.g. torch.float32), "
+                            f"got {_describe(dtype)}")
+        return dtype
+
+    def _normal(self, shape: Any, dtype: Any, device: Any, generator: Any) -> Any:
         draw = torch.float64 if dtype == torch.float64 else torch.float32
-        z = torch.randn(tuple(shape), generator=gen, dtype=draw, device=device)
+        z = torch.randn(shape, generator=generator, dtype=draw, device=device)
         return z.to(dtype)
 
-    def uniform(self, shape, *, dtype: Any = torch.float32, device: Any = None,
-                generator: Any = None):
-        device = torch.device(device or "cpu")
-        gen = self.generator(generator, device)
-        return torch.rand(tuple(shape), generator=gen, dtype=dtype, device=device)
+    def _uniform(self, shape: Any, dtype: Any, device: Any, generator: Any) -> Any:
+        return torch.rand(shape, generator=generator, dtype=dtype, device=device)
 
-    def grad(self, fn: Callable[[Any], Any], x: Any):
+    def grad(self, fn: Callable[[Any], Any], x: Any) -> Any:
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             out = fn(x_in)
@@ -58,7 +76,7 @@ class TorchBackend(Backend):
             (g,) = torch.autograd.grad(out, x_in)
         return g
 
-    def to_numpy(self, a: Any):
+    def to_numpy(self, a: Any) -> Any:
         return a.detach().to("cpu").numpy() if a.dtype != torch.bfloat16 else \
             a.detach().to("cpu", torch.float32).numpy()
 

@@ -14,6 +14,9 @@ D. R. MacIver et al., "Hypothesis: A new approach to property-based testing", JO
 
 from __future__ import annotations
 
+import contextlib
+import re
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -32,7 +35,9 @@ class CheckResult:
     ``passed`` is True when no disagreement was found in ``examples`` examples. On a failure,
     ``counterexample`` is the shrunk example (a dict), ``actual``/``expected`` both outputs,
     ``max_abs``/``max_rel`` the difference, ``message`` what disagreed, ``examples_to_fail``
-    and ``time_to_fail`` how long the search took to hit it, ``reproduction`` a snippet.
+    and ``time_to_fail`` how long the search took to hit it, ``reproduction`` a snippet;
+    ``classification`` (set by adapters that know their target's conventions, e.g. the
+    diffusers adapters) says whether the failure is a known finding or a math disagreement.
     """
 
     name: str
@@ -49,6 +54,7 @@ class CheckResult:
     time_to_fail: float | None = None
     reproduction: str = ""
     settings: dict = field(default_factory=dict)
+    classification: str = ""
 
     def __bool__(self) -> bool:
         return self.passed
@@ -59,8 +65,10 @@ class CheckResult:
             return f"PASS  {self.name}  ({self.examples} examples, {self.seconds:.2f} s)"
         n = self.examples_to_fail
         lines = [f"FAIL  {self.name}  (first failure after {n} example{'s' * (n != 1)}, "
-                 f"{self.time_to_fail:.2f} s; shrunk)",
-                 f"  what: {self.message}",
+                 f"{self.time_to_fail:.2f} s; shrunk)"]
+        if self.classification:
+            lines.append(f"  {self.classification}")
+        lines += [f"  what: {self.message}",
                  f"  max |actual - expected| = {self.max_abs:.3e}   "
                  f"max relative = {self.max_rel:.3e}",
                  "  counterexample:"]
@@ -96,6 +104,71 @@ def literal(v: Any) -> str:
     if isinstance(v, (list, tuple)) and v and isinstance(v[0], np.ndarray):
         return "[" + ", ".join(literal(a) for a in v) + "]"
     return repr(v)
+
+
+def _is_arrays(v: Any) -> bool:
+    return isinstance(v, np.ndarray) or (isinstance(v, (list, tuple)) and bool(v)
+                                         and all(isinstance(a, np.ndarray) for a in v))
+
+
+def _moved(call: str, names: dict) -> str:
+    """The candidate's call with each array argument (not a keyword's name) on the target."""
+    for name, value in names.items():
+        put = (f"[target.put(a) for a in {name}]" if isinstance(value, (list, tuple))
+               else f"target.put({name})")
+        call = re.sub(rf"(?<![\w.]){re.escape(name)}\b(?!\s*=[^=])", put, call)
+    return call
+
+
+def bind_reproduction(result: "CheckResult", candidate: list[str], target: Any = None) -> None:
+    """Make a failed result's reproduction runnable as pasted, for one candidate and target.
+
+    ``candidate`` are the source lines that define ``candidate`` (an import, an adapter);
+    they go just before refdiff's ``expected = ...`` line. For a ``target`` (a
+    :class:`~refdiff.testing.Target`) other than NumPy float64, the example's arrays are
+    rounded to the target's dtype (kept in float64: the values refdiff and the error bound
+    are computed on), the candidate's call moves them to the target's backend and dtype, and
+    the final ``assert_close`` names the dtype and device.
+    """
+    if result.passed or not result.reproduction:
+        return
+    lines = result.reproduction.splitlines()
+    at = next((i for i, ln in enumerate(lines) if ln.startswith("expected = ")), len(lines))
+    head = list(candidate)
+    if target is not None and (target.backend, target.dtype) != ("numpy", "float64"):
+        arrays = {k: v for k, v in (result.counterexample or {}).items() if _is_arrays(v)}
+        head += ["from refdiff.testing import Target",
+                 f"target = Target({target.backend!r}, {target.dtype!r}, {target.device!r})"]
+        if target.dtype != "float64":
+            head.append(f"# rounded to {target.dtype}, kept in float64: what refdiff computes on")
+            head += [f"{k} = [target.rounded(a) for a in {k}]" if isinstance(v, (list, tuple))
+                     else f"{k} = target.rounded({k})" for k, v in arrays.items()]
+        claim = f"assert_close(actual, expected, dtype={target.dtype!r}, device={target.device!r}"
+        lines = [_moved(ln, arrays) if ln.startswith("actual = ") else
+                 claim + ln.split("#")[0].rstrip()[len("assert_close(actual, expected"):]
+                 if ln.startswith("assert_close(actual, expected") else ln for ln in lines]
+    lines[at:at] = head
+    result.reproduction = "\n".join(lines)
+
+
+@contextlib.contextmanager
+def scratch_storage():
+    """Send Hypothesis' own files (its cache of source constants) to a temporary directory.
+
+    ``database=None`` keeps examples out of ``.hypothesis/``, but Hypothesis still caches the
+    constants it collects from local modules under ``./.hypothesis``; inside this block that
+    cache lives in a temporary directory, removed on exit, so nothing is written to the
+    working directory.
+    """
+    from hypothesis import configuration
+
+    previous = configuration.storage_directory(intent_to_write=False).home_directory
+    with tempfile.TemporaryDirectory(prefix="refdiff-hypothesis-") as scratch:
+        configuration.set_hypothesis_home_dir(scratch)
+        try:
+            yield
+        finally:
+            configuration.set_hypothesis_home_dir(previous)
 
 
 class _Failure(Exception):

@@ -17,9 +17,11 @@ check_classifier_guidance  ``candidate(eps, grad_log_prob, t, scale) -> eps``  (
 
 The arrays a candidate receives are drawn in float64, rounded to ``dtype`` and moved to
 ``backend``/``device``; the reference is refdiff in NumPy float64 on the same rounded values;
-outputs must match within the tolerance of :mod:`refdiff.testing.tolerance`, with the right
-dtype, shape and device. The schedule the candidate uses is passed as ``schedule`` (a
-:class:`~refdiff.testing.strategies.ScheduleSpec` or a :class:`refdiff.Schedule`).
+outputs must have the right dtype, shape and device and lie within the per-example error
+bound of :mod:`refdiff.testing.bounds` (a first-order error analysis of the formula in
+``dtype``; docs/testing.md "Tolerance policy"). The schedule the candidate uses is passed as
+``schedule`` (a :class:`~refdiff.testing.strategies.ScheduleSpec` or a
+:class:`refdiff.Schedule`).
 
 References
 ----------
@@ -37,11 +39,12 @@ import numpy as np
 from hypothesis import strategies as st
 
 import refdiff as rd
+from refdiff.testing import bounds as B
 from refdiff.testing import references as R
 from refdiff.testing import strategies as S
 from refdiff.testing._engine import CheckResult, disagree, literal, run
-from refdiff.testing.tolerance import (RTOL, ConformanceError, assert_close, difference,
-                                       from_numpy, to_numpy)
+from refdiff.testing.tolerance import (ConformanceError, assert_close, difference, from_numpy,
+                                       notify, to_numpy)
 
 DEFAULT_SCHEDULE = S.ScheduleSpec("linear", 1000)
 
@@ -83,27 +86,44 @@ def resolve_schedule(schedule: Any) -> tuple[rd.Schedule, str]:
     return schedule, (f"rd.Schedule.from_betas(your_betas)  # T = {schedule.num_train_timesteps}")
 
 
+def levels(sched: rd.Schedule, t: int, t_prev: int, final_alpha_bar: str = "one"):
+    """(ᾱ_t, ᾱ_prev, exact) of a step; ``exact``: ᾱ_prev is the final 1, held exactly."""
+    exact = t_prev < 0 and final_alpha_bar == "one"
+    return sched.alpha_bar(t), R.alpha_bar_prev(sched, t_prev, final_alpha_bar), exact
+
+
 def compare(actual: Any, expected: Any, *, dtype: str, device: str = "cpu", inputs=(),
-            rtol=None, scale=None, what: str = "output") -> None:
-    """:func:`assert_close`, re-raised with both outputs and the difference attached."""
+            rtol=None, scale=None, bound=None, what: str = "output") -> None:
+    """:func:`assert_close`, re-raised with both outputs and the difference attached; every
+    comparison is passed to the observers of :func:`refdiff.testing.tolerance.observe`."""
+    record = {"what": what, "dtype": dtype, "device": device, "actual": actual,
+              "expected": expected, "bound": bound}
     try:
-        assert_close(actual, expected, dtype=dtype, device=device, inputs=inputs, rtol=rtol,
-                     scale=scale)
+        stats = assert_close(actual, expected, dtype=dtype, device=device, inputs=inputs,
+                             rtol=rtol, scale=scale, bound=bound)
     except ConformanceError as exc:
         max_abs, max_rel = (difference(actual, expected) if hasattr(actual, "shape")
                             else (float("inf"),) * 2)
+        notify({**record, "ratio": getattr(exc, "ratio", float("inf")), "passed": False})
         raise disagree(f"{what}: {exc}", actual, expected, max_abs, max_rel) from None
+    notify({**record, "ratio": stats["ratio"], "passed": True})
 
 
-def snippet(ref_call: str, cand_call: str, example: dict, schedule_src: str | None = None) -> str:
-    """A copy-paste reproduction: the example's values, refdiff's call and the candidate's."""
+def snippet(ref_call: str, cand_call: str, example: dict, schedule_src: str | None = None,
+            bound_call: str | None = None, dtype: str = "float64") -> str:
+    """A copy-paste reproduction: the example's values, refdiff's call, the candidate's and
+    (``bound_call``) the check's error bound for ``dtype``."""
     lines = ["import numpy as np", "import refdiff as rd",
-             "from refdiff.testing import references as R, assert_close"]
+             "from refdiff.testing import bounds as B, references as R, assert_close"]
     if schedule_src:
         lines.append(f"schedule = {schedule_src}")
     lines += [f"{k} = {literal(v)}" for k, v in example.items()]
-    lines += [f"expected = {ref_call}", f"actual = {cand_call}  # your adapter",
-              "assert_close(actual, expected)  # with dtype=/device= of your run"]
+    lines += [f"expected = {ref_call}", f"actual = {cand_call}  # your adapter"]
+    if bound_call is None:
+        lines.append("assert_close(actual, expected)  # with dtype=/device= of your run")
+    else:
+        lines += [f"bound = {bound_call.replace('DTYPE', repr(dtype))}  # the check's error bound",
+                  "assert_close(actual, expected, bound=bound)  # with dtype=/device= of your run"]
     return "\n".join(lines)
 
 
@@ -112,8 +132,13 @@ def check_schedule(candidate: Callable, *, kinds=S.SCHEDULE_KINDS, min_T: int = 
                    seed: int | None = None) -> CheckResult:
     """ᾱ tables of every ``kind`` with random T and β range, against refdiff's float64 tables.
 
+    Adapter: ``candidate(kind, T, **params) -> alphas_cumprod`` of shape (T,), any backend;
+    ``kind`` in ``kinds``, ``params`` the β range (``beta_start``, ``beta_end``) where the
+    kind has one.
+
     ``dtype`` is the precision the candidate claims for its table (float64 by default: a
-    float32 table then fails on dtype and by ~1e-8 in value).
+    float32 table then fails on dtype and by ~1e-8 in value). Values are judged in the simple
+    mode of :func:`~refdiff.testing.assert_close`: |Δᾱ| ≤ ``RTOL[dtype]`` (ᾱ ≤ 1).
     """
     def trial(spec):
         actual = candidate(spec.kind, spec.T, **spec.params)
@@ -132,7 +157,11 @@ def check_schedule(candidate: Callable, *, kinds=S.SCHEDULE_KINDS, min_T: int = 
 def check_timesteps(candidate: Callable, *, T: int | None = None, max_T: int = 1000,
                     spacings=rd.SPACINGS, max_examples: int = 200,
                     seed: int | None = None) -> CheckResult:
-    """Inference timesteps of every spacing, exactly equal to refdiff's list (ints)."""
+    """Inference timesteps of every spacing, exactly equal to refdiff's list (ints).
+
+    Adapter: ``candidate(T, n, spacing) -> sequence of int``, descending, n elements, for
+    ``spacing`` in "leading", "trailing", "linspace".
+    """
     Ts = st.just(T) if T else st.one_of(st.just(max_T), st.integers(1, max_T))
     strategy = Ts.flatmap(lambda T_: st.tuples(st.just(T_), S.timestep_lists(T_, spacings)))
 
@@ -145,6 +174,8 @@ def check_timesteps(candidate: Callable, *, T: int | None = None, max_T: int = 1
                      else f"{len(diff)} element(s) differ, first at index {diff[0]}")
             err = (float(max(abs(a - b) for a, b in zip(actual, expected)))
                    if len(actual) == n else float("inf"))
+            notify({"what": "timesteps", "dtype": "int", "device": "cpu", "actual": actual,
+                    "expected": expected, "bound": 0.0, "ratio": float("inf"), "passed": False})
             raise disagree(f"timesteps: {where}", actual, expected, err, err)
 
     def describe(ex):
@@ -165,7 +196,10 @@ def _arrays(k: int, bound: float = 3.0):
 
 def check_q_sample(candidate: Callable, *, schedule=None, target: Target = Target(),
                    max_examples: int = 100, seed: int | None = None) -> CheckResult:
-    """x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε at random t of ``schedule`` (DDPM Eq. 4)."""
+    """x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε at random t of ``schedule`` (DDPM Eq. 4).
+
+    Adapter: ``candidate(x0, eps, t) -> x_t``; arrays of ``target``, t a training timestep.
+    """
     sched, src = resolve_schedule(schedule)
     strategy = st.tuples(_arrays(2), st.integers(0, sched.num_train_timesteps - 1))
 
@@ -173,8 +207,9 @@ def check_q_sample(candidate: Callable, *, schedule=None, target: Target = Targe
         (x0, eps), t = ex
         x0, eps = target.rounded(x0), target.rounded(eps)
         actual = candidate(target.put(x0), target.put(eps), t)
-        compare(actual, R.q_sample(x0, t, eps, schedule=sched), dtype=target.dtype,
-                device=target.device, inputs=(x0, eps), what="x_t")
+        expected = R.q_sample(x0, t, eps, schedule=sched)
+        compare(actual, expected, dtype=target.dtype, device=target.device,
+                bound=B.q_sample(x0, eps, sched.alpha_bar(t), target.dtype, t=t), what="x_t")
 
     def describe(ex):
         (x0, eps), t = ex
@@ -182,16 +217,22 @@ def check_q_sample(candidate: Callable, *, schedule=None, target: Target = Targe
 
     def reproduce(d):
         return snippet("R.q_sample(x0, t, eps, schedule=schedule)", "candidate(x0, eps, t)", d,
-                       src)
+                       src, "B.q_sample(x0, eps, schedule.alpha_bar(t), DTYPE, t=t)", target.dtype)
 
-    return run("q_sample", strategy, trial, describe=describe, reproduce=reproduce, max_examples=max_examples,
-               seed=seed)
+    return run("q_sample", strategy, trial, describe=describe, reproduce=reproduce,
+               max_examples=max_examples, seed=seed)
 
 
 def check_posterior(candidate: Callable, *, schedule=None, spacings=rd.SPACINGS,
                     final_alpha_bar: str = "one", target: Target = Target(),
                     max_examples: int = 100, seed: int | None = None) -> CheckResult:
-    """Mean and variance of q(x_prev | x_t, x_0) between consecutive listed timesteps."""
+    """Mean and variance of q(x_prev | x_t, x_0) between consecutive listed timesteps.
+
+    Adapter: ``candidate(x0, x_t, t, t_prev) -> (mean, variance)``; the mean has the shape,
+    dtype and device of ``x_t``; the variance β̃ is anything broadcastable to it (a float, a
+    0-d array, ...). t_prev = −1 after the last listed timestep (ᾱ_prev = 1, or ᾱ_0 with
+    ``final_alpha_bar="alpha_bar_0"``).
+    """
     sched, src = resolve_schedule(schedule)
     strategy = st.tuples(_arrays(2), S.timestep_pairs(sched.num_train_timesteps, spacings))
 
@@ -201,19 +242,27 @@ def check_posterior(candidate: Callable, *, schedule=None, spacings=rd.SPACINGS,
         mean, var = candidate(target.put(x0), target.put(x_t), t, t_prev)
         e_mean, e_var = R.posterior(x0, x_t, t, t_prev, schedule=sched,
                                     final_alpha_bar=final_alpha_bar)
-        compare(mean, e_mean, dtype=target.dtype, device=target.device, inputs=(x0, x_t),
+        ab_t, ab_prev, exact = levels(sched, t, t_prev, final_alpha_bar)
+        b_mean, b_var = B.posterior(x0, x_t, ab_t, ab_prev, target.dtype, prev_exact=exact,
+                                    t=t, t_prev=max(t_prev, 0))
+        compare(mean, e_mean, dtype=target.dtype, device=target.device, bound=b_mean,
                 what="posterior mean")
         var = np.broadcast_to(to_numpy(var), x_t.shape)
-        compare(var, e_var, dtype="float64", rtol=RTOL[target.dtype], what="posterior variance")
+        compare(var, e_var, dtype="float64", bound=b_var, what="posterior variance")
 
     def describe(ex):
         (x0, x_t), (n, spacing, t, t_prev) = ex
         return {"x0": x0, "x_t": x_t, "t": t, "t_prev": t_prev, "n": n, "spacing": spacing}
 
     def reproduce(d):
+        prev = f"R.alpha_bar_prev(schedule, t_prev, {final_alpha_bar!r})"
+        exact = "t_prev < 0" if final_alpha_bar == "one" else "False"
         return snippet(f"R.posterior(x0, x_t, t, t_prev, schedule=schedule, "
                        f"final_alpha_bar={final_alpha_bar!r})",
-                       "candidate(x0, x_t, t, t_prev)", d, src)
+                       "candidate(x0, x_t, t, t_prev)", d, src,
+                       f"B.posterior(x0, x_t, schedule.alpha_bar(t), {prev}, DTYPE, "
+                       f"prev_exact={exact}, t=t, t_prev=max(t_prev, 0))  # (mean, variance)",
+                       target.dtype)
 
     return run("posterior", strategy, trial, describe=describe, reproduce=reproduce,
                max_examples=max_examples, seed=seed)
@@ -222,6 +271,10 @@ def check_posterior(candidate: Callable, *, schedule=None, spacings=rd.SPACINGS,
 def check_cfg(candidate: Callable, *, target: Target = Target(), exact_ends: bool = False,
               max_examples: int = 100, seed: int | None = None) -> CheckResult:
     """ε̃ = ε_u + s·(ε_c − ε_u) for any scale s (s = 1 + w of the paper).
+
+    Adapter: ``candidate(eps_uncond, eps_cond, scale) -> eps``; ``scale`` a Python float s
+    (not the paper's w = s − 1), any value: 0 and 1 are the ends, values in (0, 1) and
+    negative values are legal.
 
     ``exact_ends=True`` also demands ε_u at s = 0 and ε_c at s = 1 bit for bit (refdiff's
     promise; the plain formula ε_u + 1·(ε_c − ε_u) can miss ε_c by an ulp).
@@ -233,11 +286,10 @@ def check_cfg(candidate: Callable, *, target: Target = Target(), exact_ends: boo
         eu, ec = target.rounded(eu), target.rounded(ec)
         actual = candidate(target.put(eu), target.put(ec), s)
         compare(actual, R.cfg(eu, ec, s), dtype=target.dtype, device=target.device,
-                inputs=(eu, ec), scale=max(1.0, abs(s)) * max(1.0, *np.abs([eu, ec]).ravel()),
-                what="guided eps")
+                bound=B.cfg(eu, ec, s, target.dtype), what="guided eps")
         if exact_ends and s in (0.0, 1.0):
             compare(actual, eu if s == 0 else ec, dtype=target.dtype, device=target.device,
-                    rtol=0.0, scale=1.0, what=f"guided eps at s = {s:g} (must be exact)")
+                    bound=0.0, what=f"guided eps at s = {s:g} (must be exact)")
 
     def describe(ex):
         (eu, ec), s = ex
@@ -245,7 +297,8 @@ def check_cfg(candidate: Callable, *, target: Target = Target(), exact_ends: boo
 
     def reproduce(d):
         return snippet("R.cfg(eps_uncond, eps_cond, scale)",
-                       "candidate(eps_uncond, eps_cond, scale)", d)
+                       "candidate(eps_uncond, eps_cond, scale)", d, None,
+                       "B.cfg(eps_uncond, eps_cond, scale, DTYPE)", target.dtype)
 
     return run("classifier-free guidance", strategy, trial, describe=describe, reproduce=reproduce,
                max_examples=max_examples, seed=seed)
@@ -253,7 +306,11 @@ def check_cfg(candidate: Callable, *, target: Target = Target(), exact_ends: boo
 
 def check_classifier_guidance(candidate: Callable, *, schedule=None, target: Target = Target(),
                               max_examples: int = 100, seed: int | None = None) -> CheckResult:
-    """ε̂' = ε̂ − s·√(1−ᾱ_t)·∇ log p(y | x_t) at random t and scale (CG Algorithm 2)."""
+    """ε̂' = ε̂ − s·√(1−ᾱ_t)·∇ log p(y | x_t) at random t and scale (CG Algorithm 2).
+
+    Adapter: ``candidate(eps, grad_log_prob, t, scale) -> eps``; t the training timestep of
+    the step, ``scale`` the gradient scale s (a Python float in [0, 20]).
+    """
     sched, src = resolve_schedule(schedule)
     strategy = st.tuples(_arrays(2), st.integers(0, sched.num_train_timesteps - 1),
                          S.guidance_scales(0.0, 20.0))
@@ -263,8 +320,8 @@ def check_classifier_guidance(candidate: Callable, *, schedule=None, target: Tar
         eps, grad = target.rounded(eps), target.rounded(grad)
         actual = candidate(target.put(eps), target.put(grad), t, s)
         compare(actual, R.classifier_guided_eps(eps, grad, t, s, schedule=sched),
-                dtype=target.dtype, device=target.device, inputs=(eps, grad),
-                scale=max(1.0, abs(s)) * 3.0, what="guided eps")
+                dtype=target.dtype, device=target.device, what="guided eps",
+                bound=B.classifier_guidance(eps, grad, sched.alpha_bar(t), s, target.dtype, t=t))
 
     def describe(ex):
         (eps, grad), t, s = ex
@@ -272,7 +329,9 @@ def check_classifier_guidance(candidate: Callable, *, schedule=None, target: Tar
 
     def reproduce(d):
         return snippet("R.classifier_guided_eps(eps, grad_log_prob, t, scale, schedule=schedule)",
-                       "candidate(eps, grad_log_prob, t, scale)", d, src)
+                       "candidate(eps, grad_log_prob, t, scale)", d, src,
+                       "B.classifier_guidance(eps, grad_log_prob, schedule.alpha_bar(t), scale, "
+                       "DTYPE, t=t)", target.dtype)
 
     return run("classifier guidance", strategy, trial, describe=describe, reproduce=reproduce,
                max_examples=max_examples, seed=seed)

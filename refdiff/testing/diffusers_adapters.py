@@ -8,7 +8,7 @@ exposes the adapter signatures of :mod:`refdiff.testing.checks` and
   diffusers) for ``beta_schedule`` = linear / scaled_linear / squaredcos_cap_v2 (refdiff's
   cosine), with ``rescale_betas_zero_snr`` for refdiff's ``zero_snr_linear``;
 - ``timesteps(T, n, spacing)``: ``set_timesteps(n)`` with ``timestep_spacing = spacing``
-  (``steps_offset`` = 0, refdiff's ``offset`` for the leading spacing);
+  and ``steps_offset`` = 0 (for :func:`~refdiff.testing.check_timesteps`, every spacing);
 - ``ddim_step`` / ``ddpm_step``: ``set_timesteps(n)`` with the configured spacing, then
   ``scheduler.step(eps, t, x_t, ...)``; t_prev is *not* passed (diffusers finds it itself).
   Noise is explicit: DDIM gets ``variance_noise=noise``; for DDPM, which has no such argument,
@@ -22,12 +22,24 @@ a float64 tensor, so that the step checks test the logic at the float64 toleranc
 float32 table itself is judged by :func:`~refdiff.testing.check_schedule`. ``table="native"``
 keeps diffusers' float32 table (then run the checks with ``Target("torch", "float32")``).
 
-:meth:`DiffusersScheduler.conventions` gives the check options that the configuration
-implies: ``final_alpha_bar`` ("alpha_bar_0" for DDIM with ``set_alpha_to_one=False``),
-``clip_x0`` (``clip_sample_range`` when ``clip_sample``), ``rederive_eps``
-(``use_clipped_model_output``), ``variance_type`` (``fixed_small``/``fixed_small_log`` →
-"fixed_small", ``fixed_large``/``fixed_large_log`` → "fixed_large"), ``offset``
-(``steps_offset``) and ``spacings``.
+The configuration is checked when the adapter is made: an unknown key, a value of the wrong
+type, or one that refdiff cannot map (``beta_schedule="sigmoid"``, ``variance_type="learned"``,
+``prediction_type`` other than ε, ``thresholding``, ``trained_betas``) raises ``ValueError``
+naming the key. :meth:`DiffusersScheduler.conventions` gives the check options that the
+configuration implies: ``final_alpha_bar`` ("alpha_bar_0" for DDIM with
+``set_alpha_to_one=False``), ``clip_x0`` (``clip_sample_range`` when ``clip_sample``),
+``rederive_eps`` (``use_clipped_model_output``), ``variance_type``
+(``fixed_small``/``fixed_small_log`` → "fixed_small", ``fixed_large``/``fixed_large_log`` →
+"fixed_large"), ``offset`` (``steps_offset``), ``spacings``, and for the schedule check the
+configured kind and T.
+
+:func:`run_checks` judges what the configuration uses: its schedule kind at its T, its own
+timestep list (:func:`check_configured_timesteps`: every n, the configured spacing and
+offset), and the step and loop checks under the implied conventions. Each failure gets a
+``classification``: ``"finding: ..."`` when one of diffusers' known conventions (float32
+tables, the float-step trailing ``arange``, DDIM's previous timestep ``t − T//n``, DDPM's noise
+whenever ``t > 0``) accounts for the counterexample when replayed, else ``"disagreement in the
+math ..."``.
 
 References
 ----------
@@ -39,16 +51,71 @@ arXiv:2010.02502v4; ZSNR arXiv:2305.08891v4.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import math
+import time
 from typing import Any, Callable
 
 import numpy as np
 
+import refdiff as rd
+from refdiff.testing import references as R
+from refdiff.testing._engine import CheckResult, bind_reproduction
+from refdiff.testing.checks import Target
 from refdiff.testing.strategies import ScheduleSpec
+from refdiff.testing.tolerance import dtype_name, to_numpy
 
 KINDS = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2",
          "zero_snr_linear": "linear"}
 VARIANCE_TYPES = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
-             "fixed_large": "fixed_large", "fixed_large_log": "fixed_large"}
+                  "fixed_large": "fixed_large", "fixed_large_log": "fixed_large"}
+# configuration values the adapters cannot map: the checks give ε and no thresholding
+_FIXED = {"prediction_type": "epsilon", "thresholding": False, "trained_betas": None}
+_CHOICES = {"timestep_spacing": rd.SPACINGS, "beta_schedule": tuple(dict.fromkeys(KINDS.values())),
+            "variance_type": tuple(VARIANCE_TYPES)}
+_MINIMUM = {"num_train_timesteps": 2, "steps_offset": 0}
+CONVENTION = "a convention, not a math error"
+MATH = "disagreement in the math (no known diffusers convention explains it)"
+
+
+def _typed(key: str, value: Any, default: Any) -> Any:
+    """``value`` as the type of the key's default (bool, int, float, str); ValueError if not."""
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "True or False"
+    elif isinstance(default, int):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        kind, value = "a finite number", float(value) if ok else value
+    elif isinstance(default, str):
+        ok, kind = isinstance(value, str), "a string"
+    else:
+        ok, kind = True, ""
+    if not ok:
+        raise ValueError(f"{key}={value!r}: expected {kind}")
+    return value
+
+
+def _checked_config(cls: type, config: dict) -> dict:
+    """``config`` with every key known to ``cls``, typed, and mappable onto refdiff."""
+    params = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+              if k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
+    out = {}
+    for key, value in config.items():
+        if key not in params:
+            raise ValueError(f"{key}: not a {cls.__name__} configuration key; choose from "
+                             f"{', '.join(params)}")
+        value = out[key] = _typed(key, value, params[key])
+        if key in _FIXED and value != _FIXED[key]:
+            raise ValueError(f"{key}={value!r}: not mapped onto refdiff (only {_FIXED[key]!r})")
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise ValueError(f"{key}={value!r}: not mapped onto refdiff; choose from "
+                             f"{', '.join(_CHOICES[key])}")
+        if key in _MINIMUM and value < _MINIMUM[key]:
+            raise ValueError(f"{key}={value!r}: must be >= {_MINIMUM[key]}")
+        if key == "clip_sample_range" and not value > 0:
+            raise ValueError(f"{key}={value!r}: must be > 0")
+    return out
 
 
 class DiffusersScheduler:
@@ -63,6 +130,12 @@ class DiffusersScheduler:
         DDIM ``step`` argument (re-derive ε after clipping).
     **config
         Scheduler configuration (``timestep_spacing="trailing"``, ``steps_offset=1``, ...).
+
+    Raises
+    ------
+    ValueError
+        For another name or table, or a configuration key or value the adapters cannot map
+        (the message starts with the key).
     """
 
     def __init__(self, name: str = "DDIMScheduler", *, table: str = "float64",
@@ -76,8 +149,10 @@ class DiffusersScheduler:
         self.name, self.table, self.use_clipped = name, table, use_clipped_model_output
         self.eta = 0.0  # η of the DDIM loop adapter (see with_eta)
         self.cls = getattr(diffusers, name)
-        self.config = dict(self.cls().config) if not config else dict(self.cls(**config).config)
+        self.config = dict(self.cls(**_checked_config(self.cls, config)).config)
         self._cache: dict[int, Any] = {}
+        self._spec = self.schedule_spec()
+        self._refdiff = self._spec.build()  # refdiff checks the β range (ValueError naming it)
 
     def __repr__(self) -> str:
         return f"diffusers.{self.name}({', '.join(f'{k}={v!r}' for k, v in self._changed().items())})"
@@ -86,9 +161,21 @@ class DiffusersScheduler:
         default = self.cls().config
         return {k: v for k, v in self.config.items() if not k.startswith("_") and default.get(k) != v}
 
+    def source(self, method: str) -> str:
+        """Python source of this adapter's ``method``, for reproduction snippets."""
+        args = [repr(self.name)] + [f"{k}={v!r}" for k, v in self._changed().items()]
+        args += [f"table={self.table!r}"] * (self.table != "float64")
+        args += ["use_clipped_model_output=True"] * self.use_clipped
+        return f"DiffusersScheduler({', '.join(args)}).{method}"
+
     @property
     def is_ddim(self) -> bool:
         return self.name == "DDIMScheduler"
+
+    @property
+    def target(self) -> Target:
+        """Where the step adapters take their inputs: torch, in the table's dtype."""
+        return Target("torch", "float64" if self.table == "float64" else "float32")
 
     def schedule_spec(self) -> ScheduleSpec:
         """refdiff's schedule for this configuration (raises for trained betas or sigmoid)."""
@@ -107,6 +194,9 @@ class DiffusersScheduler:
         """Check options implied by the configuration, for ``check`` in refdiff.testing.CHECKS."""
         c = self.config
         out: dict[str, Any] = {}
+        if check == "schedule":
+            T = c["num_train_timesteps"]
+            out.update(kinds=(self.schedule_spec().kind,), min_T=T, max_T=T)
         if check in ("ddim", "ddpm", "loop", "posterior"):
             out["spacings"] = (c["timestep_spacing"],)
         if check in ("ddim", "ddpm", "loop"):
@@ -117,8 +207,6 @@ class DiffusersScheduler:
         if check in ("ddim", "loop") and self.is_ddim:
             out["rederive_eps"] = self.use_clipped
         if check in ("ddpm", "loop") and not self.is_ddim:
-            if c["variance_type"] not in VARIANCE_TYPES:
-                raise ValueError(f"variance_type {c['variance_type']!r} is not mapped")
             out["variance_type"] = VARIANCE_TYPES[c["variance_type"]]
         if check == "loop":
             out["sampler"] = "ddim" if self.is_ddim else "ddpm"
@@ -138,7 +226,7 @@ class DiffusersScheduler:
         return sched.alphas_cumprod
 
     def timesteps(self, T: int, n: int, spacing: str) -> list[int]:
-        """Adapter for check_timesteps: ``set_timesteps(n)`` under ``spacing``."""
+        """Adapter for check_timesteps: ``set_timesteps(n)`` under ``spacing``, no offset."""
         sched = self._scheduler(num_train_timesteps=T, timestep_spacing=spacing, steps_offset=0)
         sched.set_timesteps(n)
         return [int(t) for t in sched.timesteps]
@@ -150,7 +238,7 @@ class DiffusersScheduler:
             sched = self._scheduler()
             sched.set_timesteps(n)
             if self.table == "float64":
-                table = np.asarray(self.schedule_spec().build().alphas_cumprod)
+                table = np.asarray(self._refdiff.alphas_cumprod)
                 sched.alphas_cumprod = torch.asarray(table, dtype=torch.float64)
                 one = self.config.get("set_alpha_to_one", True)
                 sched.final_alpha_cumprod = torch.tensor(1.0 if one else table[0], dtype=torch.float64)
@@ -175,8 +263,7 @@ class DiffusersScheduler:
 
     def loop(self, model: Callable, x_T, timesteps, noises):
         """Adapter for check_sampling_loop: diffusers' own list for n = len(timesteps)."""
-        sched = self._stepper(len(timesteps))
-        ts = [int(t) for t in sched.timesteps]
+        ts = self._own_list(len(timesteps))
         if len(ts) != len(noises):
             raise ValueError(f"set_timesteps({len(timesteps)}) gave {len(ts)} timesteps, "
                              f"ending {ts[-4:]}")
@@ -194,12 +281,143 @@ class DiffusersScheduler:
 
     def adapter(self, check: str) -> Callable:
         """The adapter method for a check name of refdiff.testing.CHECKS."""
-        return {"schedule": self.schedule_table, "timesteps": self.timesteps,
-                "ddim": self.ddim_step, "ddpm": self.ddpm_step, "loop": self.loop}[check]
+        return getattr(self, self._methods()[check])
+
+    def _methods(self) -> dict:
+        step = "ddim_step" if self.is_ddim else "ddpm_step"
+        return {"schedule": "schedule_table", "timesteps": "timesteps",
+                "ddim" if self.is_ddim else "ddpm": step, "loop": "loop"}
 
     def checks(self) -> tuple[str, ...]:
         """The checks that apply to this scheduler."""
-        return ("schedule", "timesteps", "ddim" if self.is_ddim else "ddpm", "loop")
+        return tuple(self._methods())
+
+    # -- what a failure is: replay the counterexample under diffusers' conventions ----------
+
+    def _own_list(self, n: int) -> list[int]:
+        return [int(t) for t in self._stepper(n).timesteps]
+
+    def _previous(self, t: int, n: int) -> int | None:
+        """The timestep diffusers' step goes to from t (−1: the final ᾱ; None: t not listed).
+
+        DDIM: ``t − T//n`` (DDIMScheduler.step); DDPM: the next element of its own list.
+        """
+        if self.is_ddim:
+            return max(t - self.config["num_train_timesteps"] // n, -1)
+        ts = self._own_list(n)
+        if t not in ts:
+            return None
+        i = ts.index(t)
+        return ts[i + 1] if i + 1 < len(ts) else -1
+
+    def _reference_step(self, x, eps, t: int, prev: int, noise, conventions: dict):
+        keys = ("eta", "final_alpha_bar", "clip_x0", "rederive_eps", "variance_type")
+        conv = {k: conventions[k] for k in keys if k in conventions}
+        step = R.ddim_step if self.is_ddim else R.ddpm_step
+        return step(x, eps, t, prev, noise=noise, schedule=self._refdiff, **conv)
+
+    def _verdict(self, found: list[str], actual, replayed, result: CheckResult) -> str:
+        """A finding when conventions were ``found`` and refdiff ``replayed`` under them meets
+        ``actual``: to 1e-9 (float64 table; 1e-4 float32) of max(1, |replayed|), and at
+        least 100 times closer than the failure was."""
+        if not found or actual is None or not hasattr(actual, "shape"):
+            return MATH
+        a, e = to_numpy(actual), to_numpy(replayed)
+        if a.shape != e.shape:
+            return MATH
+        rel = 1e-9 if self.table == "float64" else 1e-4
+        residual = float(np.max(np.abs(a - e), initial=0.0))
+        if not residual <= min(rel * max(1.0, float(np.max(np.abs(e), initial=0.0))),
+                               1e-2 * result.max_abs):
+            return MATH
+        return f"finding: {'; '.join(found)} ({CONVENTION})"
+
+    def _last_noise(self, t: int) -> str:
+        return f"diffusers' DDPM step adds noise whenever t > 0, also on the last step (t = {t})"
+
+    def explain(self, check: str, result: CheckResult, options: dict) -> str:
+        """``"finding: ..."`` when diffusers' conventions account for a failed ``result``, else
+        :data:`MATH`. ``options`` are the keyword arguments the check was run with.
+
+        Each step or loop counterexample is replayed in refdiff under diffusers' rules (its
+        previous timestep, its own list) and, for DDPM with a last timestep t > 0, diffusers is
+        replayed without the last step's noise; the conventions that changed something are
+        the finding when the replays meet (:meth:`_verdict`).
+        """
+        ce = result.counterexample or {}
+        if check == "schedule":
+            return self._explain_schedule()
+        if check == "timesteps":
+            T, n = ce["T"], ce["n"]
+            if ce["spacing"] == "trailing" and result.actual == [
+                    int(t) - 1 for t in np.round(np.arange(T, 0, -T / n))]:
+                return (f"finding: diffusers builds trailing timesteps as round(arange(T, 0, -T/n)) "
+                        f"- 1, a float-step arange (n + 1 steps for some n, off by one at rounding "
+                        f"ties; {CONVENTION})")
+            return MATH
+        if check == "loop":
+            return self._explain_loop(result, options)
+        put, rounded = self.target.put, self.target.rounded
+        t, n, listed = ce["t"], ce["n"], ce["t_prev"]
+        prev = self._previous(t, n)
+        if prev is None:
+            return f"finding: t = {t} is not in diffusers' own list for n = {n} ({CONVENTION})"
+        x_t, eps, noise = (rounded(ce[k]) for k in ("x_t", "eps", "noise"))
+        replayed = self._reference_step(x_t, eps, t, prev, noise, {**options, "eta": ce.get("eta")})
+        found = [f"diffusers' DDIM step goes to t - T//n = {prev}, not to the next listed "
+                 f"timestep {listed}"] * (prev != listed)
+        actual = result.actual
+        if not self.is_ddim and prev == -1 and t > 0 and actual is not None:
+            quiet = self.ddpm_step(put(x_t), put(eps), t, listed, noise=put(0 * noise),
+                                   num_inference_steps=n)
+            if not np.array_equal(to_numpy(quiet), to_numpy(actual)):
+                found.append(self._last_noise(t))
+            actual = quiet
+        return self._verdict(found, actual, replayed, result)
+
+    def _explain_schedule(self) -> str:
+        """A float32 table whose values pass refdiff's float32 tolerance is a dtype finding."""
+        from refdiff.testing import ConformanceError, assert_close
+
+        spec = self._spec
+        table = self.schedule_table(spec.kind, spec.T, **spec.params)
+        if dtype_name(table) != "float32":
+            return MATH
+        try:
+            assert_close(table, R.schedule_table(spec), dtype="float32", scale=1.0)
+        except ConformanceError:
+            return MATH
+        return f"finding: diffusers keeps float32 tables ({CONVENTION})"
+
+    def _explain_loop(self, result: CheckResult, options: dict) -> str:
+        from refdiff.testing import default_model
+
+        ce = result.counterexample
+        listed, n = list(ce["timesteps"]), len(ce["timesteps"])
+        ts = self._own_list(n)
+        if len(ts) != n:
+            return (f"finding: diffusers' set_timesteps({n}) gives {len(ts)} timesteps, ending "
+                    f"{ts[-3:]} (a float-step arange; {CONVENTION})")
+        model = options.get("model", default_model)
+        put, rounded = self.target.put, self.target.rounded
+        x_T, noises = rounded(ce["x_T"]), [rounded(z) for z in ce["noises"]]
+        found = [f"diffusers' own list for n = {n} differs from refdiff's"] * (ts != listed)
+        x, strides = x_T, []
+        for i, t in enumerate(ts):
+            prev = self._previous(t, n)
+            strides += [(t, prev)] * (prev != (ts[i + 1] if i + 1 < n else -1))
+            x = self._reference_step(x, model(x, t), t, prev, noises[i], options)
+        if strides:
+            found.append(f"diffusers' DDIM step goes to t - T//n ({strides[0][0]} -> "
+                         f"{strides[0][1]}), not to the next listed timestep")
+        actual = result.actual
+        if not self.is_ddim and ts[-1] > 0 and actual is not None:
+            quiet = self.loop(model, put(x_T), listed,
+                              [put(z) for z in noises[:-1]] + [put(0 * noises[-1])])
+            if not np.array_equal(to_numpy(quiet), to_numpy(actual)):
+                found.append(self._last_noise(ts[-1]))
+            actual = quiet
+        return self._verdict(found, actual, x, result)
 
 
 @contextlib.contextmanager
@@ -215,26 +433,101 @@ def _fixed_noise(noise):
         scheduling_ddpm.randn_tensor = original
 
 
+def _every_n(T: int) -> list[int]:
+    """n = 1 … T (T ≤ 2000), else 1 … 1000 and 1000 more spread up to T."""
+    if T <= 2000:
+        return list(range(1, T + 1))
+    return sorted({*range(1, 1001), *np.linspace(1001, T, 1000).astype(int).tolist()})
+
+
+def check_configured_timesteps(adapter: DiffusersScheduler) -> CheckResult:
+    """The scheduler's own ``set_timesteps(n)`` list, as configured (T, ``timestep_spacing``,
+    ``steps_offset``), for every n, exactly equal to refdiff's list.
+
+    Exhaustive rather than searched: the configuration fixes T, so every n is tried (n for
+    which refdiff's leading list with the offset leaves [0, T − 1] are skipped: no valid list).
+    The counterexample is the smallest failing n; the message counts the failing n.
+    """
+    c = adapter.config
+    T, spacing = c["num_train_timesteps"], c["timestep_spacing"]
+    offset = c["steps_offset"] if spacing == "leading" else 0
+    sched, t0, tried, failed, first = adapter._scheduler(), time.perf_counter(), 0, [], None
+    for n in _every_n(T):
+        try:
+            expected = R.timesteps(T, n, spacing, offset)
+        except ValueError:
+            continue
+        tried += 1
+        sched.set_timesteps(n)
+        actual = [int(t) for t in sched.timesteps]
+        if actual != expected:
+            failed.append(n)
+            first = first or (n, actual, expected, tried, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    name = "inference timesteps"
+    if first is None:
+        return CheckResult(name, True, tried, seconds, settings={"every_n": True})
+    n, actual, expected, at, when = first
+    if len(actual) != n:
+        where, err = f"set_timesteps({n}) gives {len(actual)} timesteps", float("inf")
+    else:
+        diff = [i for i, (a, e) in enumerate(zip(actual, expected)) if a != e]
+        where = f"{len(diff)} timestep(s) differ, first at index {diff[0]}"
+        err = float(max(abs(a - e) for a, e in zip(actual, expected)))
+    repro = ["import diffusers", "from refdiff.testing import references as R",
+             f"scheduler = diffusers.{adapter.name}(**{adapter._changed()!r})",
+             f"scheduler.set_timesteps({n})",
+             "actual = [int(t) for t in scheduler.timesteps]",
+             f"expected = R.timesteps({T}, {n}, {spacing!r}, {offset})",
+             "assert actual == expected, (actual, expected)"]
+    return CheckResult(
+        name, False, tried, seconds, counterexample={"T": T, "n": n, "spacing": spacing,
+                                                     "offset": offset},
+        actual=actual, expected=expected, max_abs=err, max_rel=err,
+        message=f"timesteps: {len(failed)} of {tried} values of n differ; first n = {n}: {where}",
+        examples_to_fail=at, time_to_fail=when, reproduction="\n".join(repro),
+        settings={"every_n": True})
+
+
 def run_checks(adapter: DiffusersScheduler, checks=None, *, max_examples: int | None = None,
                seed: int | None = None, **options: Any) -> list:
     """Run the applicable checks on a diffusers adapter with the implied conventions.
 
-    Step checks run on torch float64 (``table="float64"``) or float32 (``"native"``).
-    """
-    from refdiff.testing import CHECKS, Target
+    ``options`` are per check (``ddim={"eta": 0.5}``). Step checks run on torch float64
+    (``table="float64"``) or float32 (``"native"``); "timesteps" is
+    :func:`check_configured_timesteps` (``max_examples``/``seed`` do not apply). Each failed
+    result gets a ``classification`` (:meth:`DiffusersScheduler.explain`) and a reproduction
+    that builds this adapter.
 
-    dtype = "float64" if adapter.table == "float64" else "float32"
+    Raises
+    ------
+    ValueError
+        For a check that does not apply to the scheduler.
+    """
+    from refdiff.testing import CHECKS
+
+    names = list(checks or adapter.checks())
+    for name in names:
+        if name not in adapter.checks():
+            raise ValueError(f"check {name!r} does not apply to {adapter.name}; choose from "
+                             f"{', '.join(adapter.checks())}")
     results = []
-    for name in checks or adapter.checks():
-        kwargs = dict(adapter.conventions(name), seed=seed, **options.get(name, {}))
-        if max_examples is not None:
-            kwargs["max_examples"] = max_examples
-        if name == "schedule":
-            kind = adapter.schedule_spec().kind
-            kwargs.update(kinds=(kind,), dtype=kwargs.get("dtype", "float64"))
-        elif name != "timesteps":
-            kwargs.update(schedule=adapter.schedule_spec(), target=Target("torch", dtype))
-        if name == "loop" and adapter.is_ddim:
-            adapter.with_eta(kwargs.get("eta", 0.0))
-        results.append(CHECKS[name](adapter.adapter(name), **kwargs))
+    for name in names:
+        if name == "timesteps":
+            result, kwargs = check_configured_timesteps(adapter), {}
+        else:
+            kwargs = dict(adapter.conventions(name), seed=seed, **options.get(name, {}))
+            if max_examples is not None:
+                kwargs["max_examples"] = max_examples
+            if name != "schedule":
+                kwargs.update(schedule=adapter.schedule_spec(), target=adapter.target)
+            if name == "loop" and adapter.is_ddim:
+                adapter.with_eta(kwargs.get("eta", 0.0))
+            result = CHECKS[name](adapter.adapter(name), **kwargs)
+            bind_reproduction(result, ["from refdiff.testing.diffusers_adapters import DiffusersScheduler",
+                                       f"candidate = {adapter.source(adapter._methods()[name])}"],
+                              None if name == "schedule" else adapter.target)
+        if not result.passed:
+            result.classification = adapter.explain(name, result, kwargs)
+        results.append(result)
     return results

@@ -5,7 +5,8 @@ arithmetic on arrays, a table ᾱ indexed by training timestep), with switches t
 one known bug each. :data:`MUTANTS` lists the bugs with the *public* check that must catch
 each and the conventions the check is told; :data:`CONTROLS` lists the correct versions,
 which must pass. :func:`mutation_table` runs everything over several seeds and reports the
-catch rate, the examples needed and the time to catch.
+catch rate, the examples needed, the time to catch, and how far above the error bound the
+failing examples land (the ratio error/bound of :mod:`refdiff.testing.bounds`).
 
 References
 ----------
@@ -28,6 +29,7 @@ import refdiff as rd
 from refdiff.testing import checks as C
 from refdiff.testing import step_checks as SC
 from refdiff.testing.strategies import ScheduleSpec
+from refdiff.testing.tolerance import observe
 
 
 def _levels(table, t: int, t_prev: int, final: str) -> tuple[float, float]:
@@ -36,9 +38,12 @@ def _levels(table, t: int, t_prev: int, final: str) -> tuple[float, float]:
 
 
 def hand_ddim(schedule: rd.Schedule, *, eta_power: int = 2, prev: str = "listed",
-              final: str = "one", clip: float | None = None, rederive: bool = True) -> Callable:
-    """A tutorial DDIM step. Bugs: ``eta_power=1`` (σ² = η·β̃), ``prev="t-1"`` or
-    ``"stride"`` (t − T//n), ``final="alpha_bar_0"``, ``rederive=False`` after clipping."""
+              final: str = "one", clip: float | None = None, rederive: bool = True,
+              direction: str = "eq12") -> Callable:
+    """A tutorial DDIM step. Bugs: ``eta_power=1`` (σ² = η·β̃), ``prev="t-1"``,
+    ``"stride"`` (t − T//n) or ``"after"`` (ᾱ of index t_prev + 1), ``final="alpha_bar_0"``,
+    ``rederive=False`` after clipping, ``direction="no_sigma"`` (√(1 − ᾱ_prev)·ε̂, without
+    the −σ² of Eq. 12)."""
     table, T = np.asarray(schedule.alphas_cumprod), schedule.num_train_timesteps
 
     def step(x_t, eps, t, t_prev, *, eta, noise, num_inference_steps):
@@ -47,6 +52,8 @@ def hand_ddim(schedule: rd.Schedule, *, eta_power: int = 2, prev: str = "listed"
             t_prev = t - 1
         elif prev == "stride":
             t_prev = t - T // num_inference_steps
+        elif prev == "after" and not last:
+            t_prev = t_prev + 1
         ab_t, ab_prev = _levels(table, t, t_prev, final)
         x0 = (x_t - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
         if clip is not None:
@@ -54,28 +61,33 @@ def hand_ddim(schedule: rd.Schedule, *, eta_power: int = 2, prev: str = "listed"
             if rederive:
                 eps = (x_t - math.sqrt(ab_t) * x0) / math.sqrt(1 - ab_t)
         var = eta**eta_power * (1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)
-        x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - var, 0.0)) * eps
+        dir_var = 1 - ab_prev if direction == "no_sigma" else max(1 - ab_prev - var, 0.0)
+        x = math.sqrt(ab_prev) * x0 + math.sqrt(dir_var) * eps
         return x if (last or eta == 0) else x + math.sqrt(var) * noise
     return step
 
 
 def hand_ddpm(schedule: rd.Schedule, *, variance: str = "fixed_small", noise_if: str = "not_last",
-              tutorial: bool = False) -> Callable:
+              tutorial: bool = False, beta: str = "respaced", noise_scale: str = "sigma") -> Callable:
     """A tutorial DDPM step. Bugs: ``noise_if="t>0"`` (noise on a last step with t > 0),
-    ``tutorial=True`` (x_prev = √ᾱ_prev·x̂_0 + √β'·z instead of the posterior)."""
+    ``tutorial=True`` (x_prev = √ᾱ_prev·x̂_0 + √β'·z instead of the posterior),
+    ``beta="training"`` (the training schedule's β_t where the respaced list needs
+    β' = 1 − ᾱ_t/ᾱ_prev), ``noise_scale="variance"`` (z times σ² instead of σ)."""
     table = np.asarray(schedule.alphas_cumprod)
+    betas = np.asarray(schedule.betas)
 
     def step(x_t, eps, t, t_prev, *, noise, num_inference_steps):
         ab_t, ab_prev = _levels(table, t, t_prev, "one")
-        beta = 1 - ab_t / ab_prev
+        b = float(betas[t]) if beta == "training" else 1 - ab_t / ab_prev
         x0 = (x_t - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
         add_noise = t > 0 if noise_if == "t>0" else t_prev >= 0
         if tutorial:
-            return math.sqrt(ab_prev) * x0 + (math.sqrt(beta) * noise if add_noise else 0.0)
-        mean = (math.sqrt(ab_prev) * beta / (1 - ab_t) * x0
-                + math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab_t) * x_t)
-        var = beta if variance == "fixed_large" else (1 - ab_prev) / (1 - ab_t) * beta
-        return mean + math.sqrt(var) * noise if add_noise else mean
+            return math.sqrt(ab_prev) * x0 + (math.sqrt(b) * noise if add_noise else 0.0)
+        mean = (math.sqrt(ab_prev) * b / (1 - ab_t) * x0
+                + math.sqrt(1 - b) * (1 - ab_prev) / (1 - ab_t) * x_t)
+        var = b if variance == "fixed_large" else (1 - ab_prev) / (1 - ab_t) * b
+        sigma = var if noise_scale == "variance" else math.sqrt(var)
+        return mean + sigma * noise if add_noise else mean
     return step
 
 
@@ -94,15 +106,28 @@ def hand_posterior(schedule: rd.Schedule, *, swapped: bool = False) -> Callable:
 
 
 def hand_cfg(form: str = "s") -> Callable:
-    """CFG. ``"s"``: ε_u + s·(ε_c − ε_u); bugs ``"flipped"`` (sign of the difference) and
-    ``"w"`` (the scale used as the paper's w: (1 + s)·ε_c − s·ε_u)."""
+    """CFG. ``"s"``: ε_u + s·(ε_c − ε_u); bugs ``"flipped"`` (sign of the difference),
+    ``"w"`` (the scale used as the paper's w: (1 + s)·ε_c − s·ε_u) and ``"gated"`` (guidance
+    only for s > 1, ε_c otherwise: the interpolations s in (0, 1) and s ≤ 0 are lost)."""
     def cfg(eps_uncond, eps_cond, scale):
         if form == "flipped":
             return eps_uncond - scale * (eps_cond - eps_uncond)
         if form == "w":
             return (1 + scale) * eps_cond - scale * eps_uncond
+        if form == "gated" and scale <= 1:
+            return eps_cond * 1.0
         return eps_uncond + scale * (eps_cond - eps_uncond)
     return cfg
+
+
+def hand_cg(schedule: rd.Schedule, *, coefficient: str = "sqrt(1-ab)") -> Callable:
+    """Classifier guidance, CG Algorithm 2. Bug ``coefficient="sqrt(ab)"``: √ᾱ_t in place
+    of √(1 − ᾱ_t)."""
+    def guided(eps, grad_log_prob, t, scale):
+        ab = schedule.alpha_bar(t)
+        c = math.sqrt(ab) if coefficient == "sqrt(ab)" else math.sqrt(1 - ab)
+        return eps - scale * c * grad_log_prob
+    return guided
 
 
 def hand_schedule(dtype: str = "float64") -> Callable:
@@ -170,6 +195,17 @@ MUTANTS = [
          lambda s: hand_ddpm(s, tutorial=True)),
     Case("timesteps: trailing from a float arange", C.check_timesteps,
          lambda s: hand_timesteps("arange")),
+    Case("DDIM: direction sqrt(1 - ab_prev), no -sigma^2", SC.check_ddim_step,
+         lambda s: hand_ddim(s, direction="no_sigma")),
+    Case("DDIM: alpha_bar_prev of index t_prev + 1", SC.check_ddim_step,
+         lambda s: hand_ddim(s, prev="after")),
+    Case("DDPM: training beta_t, not beta' (respaced)", SC.check_ddpm_step,
+         lambda s: hand_ddpm(s, beta="training")),
+    Case("DDPM: noise times sigma^2, not sigma", SC.check_ddpm_step,
+         lambda s: hand_ddpm(s, noise_scale="variance")),
+    Case("CFG: gated to s > 1 (eps_c below)", C.check_cfg, lambda s: hand_cfg("gated")),
+    Case("CG: sqrt(ab) in place of sqrt(1 - ab)", C.check_classifier_guidance,
+         lambda s: hand_cg(s, coefficient="sqrt(ab)")),
 ]
 
 CONTROLS = [
@@ -184,16 +220,16 @@ CONTROLS = [
     Case("timesteps", C.check_timesteps, lambda s: hand_timesteps()),
     Case("q_sample", C.check_q_sample,
          lambda s: lambda x0, z, t: math.sqrt(s.alpha_bar(t)) * x0 + math.sqrt(1 - s.alpha_bar(t)) * z),
-    Case("classifier guidance", C.check_classifier_guidance,
-         lambda s: lambda e, g, t, k: e - k * math.sqrt(1 - s.alpha_bar(t)) * g),
+    Case("classifier guidance", C.check_classifier_guidance, lambda s: hand_cg(s)),
     Case("DDIM loop", SC.check_sampling_loop, lambda s: hand_loop(hand_ddim(s), eta=0.5),
          {"eta": 0.5}),
 ]
 
 
 def run_case(case: Case, *, schedule: Any = None, seed: int | None = None,
-             max_examples: int | None = None):
-    """Run ``case.check`` on the case's candidate; returns the CheckResult."""
+             max_examples: int | None = None, target: C.Target | None = None):
+    """Run ``case.check`` on the case's candidate (on ``target``, for the checks that take
+    one; default NumPy float64); returns the CheckResult."""
     spec = ScheduleSpec("linear", 1000) if schedule is None else schedule
     sched = spec.build() if isinstance(spec, ScheduleSpec) else spec
     kwargs = dict(case.options, seed=seed)
@@ -201,30 +237,82 @@ def run_case(case: Case, *, schedule: Any = None, seed: int | None = None,
         kwargs["max_examples"] = max_examples
     if case.check not in (C.check_cfg, C.check_schedule, C.check_timesteps):
         kwargs["schedule"] = spec
+    if target is not None and case.check not in (C.check_schedule, C.check_timesteps):
+        kwargs["target"] = target
     return case.check(case.make(sched), **kwargs)
 
 
-def mutation_table(seeds=range(10), *, max_examples: int | None = None) -> list[dict]:
+def run_observed(case: Case, **kwargs) -> tuple[Any, dict]:
+    """:func:`run_case` while recording the comparisons: (result, ratios) with ``first``
+    (error/bound of the first failing example) and ``least`` (the smallest error/bound
+    among all failing examples, shrinking included: how far above the bound the slip stays)."""
+    failing: list[float] = []
+
+    def seen(record):
+        if not record["passed"]:
+            failing.append(record["ratio"])
+
+    with observe(seen):
+        result = run_case(case, **kwargs)
+    return result, {"first": failing[0] if failing else None,
+                    "least": min(failing) if failing else None}
+
+
+def mutation_table(seeds=range(10), *, max_examples: int | None = None,
+                   target: C.Target | None = None, ci: bool = True) -> list[dict]:
     """For each mutant: caught in how many seeds, examples to the first failure (worst and
-    median over seeds), and median seconds to the first failure."""
+    median over seeds), median seconds to the first failure, the error/bound ratio of the
+    first failing example (median over seeds) and the smallest ratio among all failing
+    examples (over seeds); ``ci`` is the examples to the first failure in the deterministic
+    (derandomized) search that CI runs (skipped with ``ci=False``). ``target``: where the
+    candidates' inputs live."""
     rows = []
     for case in MUTANTS:
-        results = [run_case(case, seed=s, max_examples=max_examples) for s in seeds]
-        failed = [r for r in results if not r.passed]
-        n = [r.examples_to_fail for r in failed]
+        runs = [run_observed(case, seed=s, max_examples=max_examples, target=target)
+                for s in seeds]
+        ci_run = run_case(case, target=target) if ci else None
+        failed = [(r, q) for r, q in runs if not r.passed]
+        n = [r.examples_to_fail for r, _ in failed]
+        firsts = [q["first"] for _, q in failed if q["first"] is not None]
+        leasts = [q["least"] for _, q in failed if q["least"] is not None]
         rows.append({"mutant": case.name, "check": case.check.__name__,
-                     "caught": len(failed), "seeds": len(results),
+                     "caught": len(failed), "seeds": len(runs),
                      "worst": max(n) if n else None, "median": statistics.median(n) if n else None,
-                     "seconds": statistics.median(r.time_to_fail for r in failed) if failed else None})
+                     "seconds": statistics.median(r.time_to_fail for r, _ in failed) if failed else None,
+                     "first_ratio": statistics.median(firsts) if firsts else None,
+                     "least_ratio": min(leasts) if leasts else None,
+                     "ci": None if ci_run is None or ci_run.passed else ci_run.examples_to_fail})
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    """The mutation table as fixed-width text."""
-    out = [f"{'mutant':<46} {'check':<18} {'caught':>7} {'worst':>6} {'median':>7} {'time':>8}"]
-    for r in rows:
+def _ratio(r: float | None) -> str:
+    if r is None:
+        return "-"
+    return "inf" if math.isinf(r) else f"{r:.3g}"
+
+
+def format_table(rows: list[dict], markdown: bool = False, rows32: list[dict] | None = None) -> str:
+    """The mutation table as fixed-width text, or as Markdown; ``rows32``: the same mutants
+    on a float32 target, for its catch count and its error/bound ratios."""
+    rows32 = rows32 or [None] * len(rows)
+    if markdown:
+        out = ["| mutant | check | caught | examples worst / median | CI examples | "
+               "float32: caught, error/bound first / smallest |",
+               "| --- | --- | --- | --- | --- | --- |"]
+        for r, q in zip(rows, rows32):
+            med = "-" if r["median"] is None else f"{r['median']:g}"
+            f32 = ("-" if q is None else f"{q['caught']}/{q['seeds']}, "
+                   f"{_ratio(q['first_ratio'])} / {_ratio(q['least_ratio'])}")
+            out.append(f"| {r['mutant']} | {r['check'].removeprefix('check_')} | "
+                       f"{r['caught']}/{r['seeds']} | {r['worst']} / {med} | {r['ci']} | {f32} |")
+        return "\n".join(out)
+    out = [f"{'mutant':<46} {'check':<26} {'caught':>7} {'worst':>6} {'median':>7} {'ci':>4} "
+           f"{'ratio1':>9} {'least':>9} {'time':>7}"]
+    for r, q in zip(rows, rows32):
         med = "-" if r["median"] is None else f"{r['median']:g}"
         sec = "-" if r["seconds"] is None else f"{r['seconds'] * 1000:.0f} ms"
-        out.append(f"{r['mutant']:<46} {r['check']:<18} {r['caught']:>3}/{r['seeds']:<3} "
-                   f"{str(r['worst']):>6} {med:>7} {sec:>8}")
+        first, least = (r, r) if q is None else (q, q)
+        out.append(f"{r['mutant']:<46} {r['check']:<26} {r['caught']:>3}/{r['seeds']:<3} "
+                   f"{str(r['worst']):>6} {med:>7} {str(r['ci']):>4} "
+                   f"{_ratio(first['first_ratio']):>9} {_ratio(least['least_ratio']):>9} {sec:>7}")
     return "\n".join(out)

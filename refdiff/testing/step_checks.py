@@ -21,8 +21,10 @@ stride ``T // n``); refdiff's own steps ignore it. The conventions the candidate
 check; the timestep lists are refdiff's (:func:`refdiff.inference_timesteps`) for every
 spacing in ``spacings``.
 
-Tolerance: :mod:`refdiff.testing.tolerance` with scale max(1, |inputs|, |x̂_0|, |expected|)
-(x̂_0 = (x_t − √(1−ᾱ_t)·ε)/√ᾱ_t is a term of the step); for a loop of n steps, n times that.
+Tolerance: the per-example error bound of :mod:`refdiff.testing.bounds` for the step in the
+target's dtype (it follows the cancellation and the division by √ᾱ_t in x̂_0, and the rounding
+of the candidate's ᾱ table); for a loop, each step's error is carried into the next through
+the step's partial derivatives and the model's Jacobian (docs/testing.md "Tolerance policy").
 
 References
 ----------
@@ -39,10 +41,11 @@ import numpy as np
 from hypothesis import strategies as st
 
 import refdiff as rd
+from refdiff.testing import bounds as B
 from refdiff.testing import references as R
 from refdiff.testing import strategies as S
 from refdiff.testing._engine import CheckResult, run
-from refdiff.testing.checks import Target, compare, resolve_schedule, snippet
+from refdiff.testing.checks import Target, compare, levels, resolve_schedule, snippet
 
 
 def _step_examples(T: int, spacings, offset: int, max_steps, eta):
@@ -54,17 +57,14 @@ def _step_examples(T: int, spacings, offset: int, max_steps, eta):
     return st.tuples(arrays, S.timestep_pairs(T, spacings, max_steps, offset), etas)
 
 
-def _x0_scale(sched: rd.Schedule, x_t, eps, t: int) -> float:
-    ab = sched.alpha_bar(t)
-    x0 = (x_t - np.sqrt(1 - ab) * eps) / np.sqrt(ab) if ab > 0 else x_t
-    return float(np.max(np.abs(x0), initial=1.0))
-
-
-def _step_check(name: str, candidate: Callable, reference: Callable, *, schedule, spacings,
-                offset, max_steps, eta, target: Target, conventions: dict, max_examples, seed):
+def _step_check(name: str, candidate: Callable, reference: Callable, bound: Callable, *,
+                schedule, spacings, offset, max_steps, eta, target: Target, conventions: dict,
+                max_examples, seed):
     sched, src = resolve_schedule(schedule)
     strategy = _step_examples(sched.num_train_timesteps, spacings, offset, max_steps, eta)
     with_eta = name == "DDIM step"
+    final = conventions.get("final_alpha_bar", "one")
+    bound_conventions = {k: v for k, v in conventions.items() if k != "final_alpha_bar"}
 
     def trial(ex):
         arrays, (n, _, t, t_prev), eta_ = ex
@@ -74,8 +74,11 @@ def _step_check(name: str, candidate: Callable, reference: Callable, *, schedule
                            num_inference_steps=n, **extra)
         expected = reference(x_t, eps, t, t_prev, noise=noise, schedule=sched, **extra,
                              **conventions)
-        compare(actual, expected, dtype=target.dtype, device=target.device,
-                inputs=(x_t, eps, noise, _x0_scale(sched, x_t, eps, t)), what="x_prev")
+        ab_t, ab_prev, exact = levels(sched, t, t_prev, final)
+        b = bound(x_t, eps, noise if t_prev >= 0 else None, ab_t, ab_prev, target.dtype,
+                  prev_exact=exact, t=t, t_prev=max(t_prev, 0), **extra, **bound_conventions)
+        compare(actual, expected, dtype=target.dtype, device=target.device, bound=b,
+                what="x_prev")
 
     def describe(ex):
         (x_t, eps, noise), (n, spacing, t, t_prev), eta_ = ex
@@ -86,10 +89,16 @@ def _step_check(name: str, candidate: Callable, reference: Callable, *, schedule
     def reproduce(d):
         extra = ", eta=eta" if with_eta else ""
         conv = "".join(f", {k}={v!r}" for k, v in conventions.items())
+        bconv = "".join(f", {k}={v!r}" for k, v in bound_conventions.items())
         return snippet(f"R.{reference.__name__}(x_t, eps, t, t_prev, noise=noise, "
                        f"schedule=schedule{extra}{conv})",
                        f"candidate(x_t, eps, t, t_prev, noise=noise{extra}, num_inference_steps=n)",
-                       d, src)
+                       d, src,
+                       f"B.{bound.__name__}(x_t, eps, noise if t_prev >= 0 else None, "
+                       f"schedule.alpha_bar(t), R.alpha_bar_prev(schedule, t_prev, {final!r}), "
+                       f"DTYPE, prev_exact={'t_prev < 0' if final == 'one' else False}, "
+                       f"t=t, t_prev=max(t_prev, 0){extra}{bconv})",
+                       target.dtype)
 
     return run(name, strategy, trial, describe=describe, reproduce=reproduce,
                max_examples=max_examples, seed=seed)
@@ -102,13 +111,19 @@ def check_ddim_step(candidate: Callable, *, schedule=None, spacings=rd.SPACINGS,
                     seed: int | None = None) -> CheckResult:
     """One DDIM step between consecutive listed timesteps, η drawn in [0, 1] unless given.
 
+    Adapter: ``candidate(x_t, eps, t, t_prev, *, eta, noise, num_inference_steps) -> x_prev``;
+    t_prev is the next listed timestep or −1 after the last one (then ᾱ_prev = 1, or ᾱ_0 with
+    ``final_alpha_bar="alpha_bar_0"``, and no noise is added); ``noise`` is z, nonzero on
+    every step.
+
     x_prev = √ᾱ_prev·x̂_0 + √(1−ᾱ_prev−σ²)·ε̂ + σ·z, σ² = η²·β̃ (DDIM Eqs. 12, 16).
     """
     conventions = {"final_alpha_bar": final_alpha_bar, "clip_x0": clip_x0,
                    "rederive_eps": rederive_eps}
-    return _step_check("DDIM step", candidate, R.ddim_step, schedule=schedule, spacings=spacings,
-                       offset=offset, max_steps=max_steps, eta=eta, target=target,
-                       conventions=conventions, max_examples=max_examples, seed=seed)
+    return _step_check("DDIM step", candidate, R.ddim_step, B.ddim_step, schedule=schedule,
+                       spacings=spacings, offset=offset, max_steps=max_steps, eta=eta,
+                       target=target, conventions=conventions, max_examples=max_examples,
+                       seed=seed)
 
 
 def check_ddpm_step(candidate: Callable, *, schedule=None, spacings=rd.SPACINGS, offset: int = 0,
@@ -117,19 +132,34 @@ def check_ddpm_step(candidate: Callable, *, schedule=None, spacings=rd.SPACINGS,
                     max_examples: int = 150, seed: int | None = None) -> CheckResult:
     """One DDPM step between consecutive listed timesteps (posterior mean at x̂_0 plus σ·z).
 
+    Adapter: ``candidate(x_t, eps, t, t_prev, *, noise, num_inference_steps) -> x_prev``;
+    t_prev as in :func:`check_ddim_step`; ``noise`` is z, nonzero on every step, and must
+    not be added after the last listed timestep.
+
     σ² = β̃ ("fixed_small") or β' = 1 − ᾱ_t/ᾱ_prev ("fixed_large"); no noise on the last step.
     """
     conventions = {"variance_type": variance_type, "final_alpha_bar": final_alpha_bar,
                    "clip_x0": clip_x0}
-    return _step_check("DDPM step", candidate, R.ddpm_step, schedule=schedule, spacings=spacings,
-                       offset=offset, max_steps=max_steps, eta=0.0, target=target,
-                       conventions=conventions, max_examples=max_examples, seed=seed)
+    return _step_check("DDPM step", candidate, R.ddpm_step, B.ddpm_step, schedule=schedule,
+                       spacings=spacings, offset=offset, max_steps=max_steps, eta=0.0,
+                       target=target, conventions=conventions, max_examples=max_examples,
+                       seed=seed)
 
 
 def default_model(x_t: Any, t: int):
-    """A smooth test "network" whose ε depends on x_t and on t: 0.9·x + 0.1·sin(x + t/50)."""
+    """A smooth test "network" whose ε depends on x_t and on t: 0.9·x + 0.1·sin(x + t/50).
+
+    Its attributes serve the loop's error bound: ``elementwise`` (ε_j depends on x_j only)
+    and ``error_terms(x, t)`` = (M, k) of its own evaluation in a dtype (terms 0.9·|x| and
+    0.1·(|x| + t/50 + 1) for the argument and value of the sine; 6 roundings on the longest
+    path: t/50, the sum, the sine, 0.1, the product, the final sum)."""
     xp = array_api_compat.array_namespace(x_t)
     return 0.9 * x_t + 0.1 * xp.sin(x_t + t / 50.0)
+
+
+default_model.elementwise = True
+default_model.error_terms = lambda x, t: (0.9 * np.abs(x) + 0.1 * (np.abs(x) + t / 50.0 + 1.0),
+                                          6)
 
 
 def check_sampling_loop(candidate: Callable, *, model: Callable = default_model, schedule=None,
@@ -138,14 +168,24 @@ def check_sampling_loop(candidate: Callable, *, model: Callable = default_model,
                         seed: int | None = None, **conventions: Any) -> CheckResult:
     """A whole loop over a listed timestep sequence driven by ``model``, against refdiff's.
 
+    Adapter: ``candidate(model, x_T, timesteps, noises) -> x_0``; ``model(x_t, t) -> eps``
+    (t a training timestep), ``timesteps`` refdiff's descending list, step i uses
+    ``noises[i]`` (the last step none).
+
     ``conventions`` are those of :func:`check_ddim_step` (``eta``, ``final_alpha_bar``,
     ``clip_x0``, ``rederive_eps``) or :func:`check_ddpm_step` (``variance_type``, ...).
+    The bound carries each step's error into the next through the Jacobian of the whole
+    step x ↦ step(x, model(x, t)) (central differences in float64; the diagonal only if
+    ``model.elementwise``), and adds each step's own (:func:`refdiff.testing.bounds.
+    sampling_loop`); the model's own evaluation error is ``model.error_terms`` if it has
+    them, else γ_8·(|x_t| + |ε|).
     """
     sched, src = resolve_schedule(schedule)
     T = sched.num_train_timesteps
     lists = S.timestep_lists(T, spacings, max_steps, offset)
     strategy = st.tuples(lists, S.shapes(max_dims=2)).flatmap(
         lambda ls: st.tuples(st.just(ls[0]), st.tuples(*[S.arrays(ls[1])] * (ls[0][0] + 1))))
+    final = conventions.get("final_alpha_bar", "one")
 
     def trial(ex):
         (n, _, ts), arrays = ex
@@ -153,9 +193,11 @@ def check_sampling_loop(candidate: Callable, *, model: Callable = default_model,
         actual = candidate(model, target.put(x_T), list(ts), [target.put(z) for z in noises])
         expected = R.sample(model, x_T, ts, noises, schedule=sched, sampler=sampler,
                             **conventions)
-        compare(actual, expected, dtype=target.dtype, device=target.device,
-                inputs=(x_T, *noises), rtol=None, what=f"x_0 after {n} steps",
-                scale=10.0 * n * max(1.0, float(np.max(np.abs(expected), initial=1.0))))
+        _, bound = B.sampling_loop(model, x_T, ts, noises, sched.alpha_bar,
+                                   lambda: R.alpha_bar_prev(sched, -1, final), target.dtype,
+                                   sampler=sampler, final_exact=final == "one", **conventions)
+        compare(actual, expected, dtype=target.dtype, device=target.device, bound=bound,
+                what=f"x_0 after {n} steps")
 
     def describe(ex):
         (n, spacing, ts), (x_T, *noises) = ex
@@ -167,8 +209,11 @@ def check_sampling_loop(candidate: Callable, *, model: Callable = default_model,
                 if model is default_model else "model = ...  # your model(x_t, t)\n")
         return head + snippet(f"R.sample(model, x_T, timesteps, noises, schedule=schedule, "
                               f"sampler={sampler!r}{conv})",
-                              "candidate(model, x_T, timesteps, noises)", d, src)
+                              "candidate(model, x_T, timesteps, noises)", d, src,
+                              f"B.sampling_loop(model, x_T, timesteps, noises, schedule.alpha_bar, "
+                              f"lambda: R.alpha_bar_prev(schedule, -1, {final!r}), DTYPE, "
+                              f"sampler={sampler!r}, final_exact={final == 'one'}{conv})[1]",
+                              target.dtype)
 
     return run(f"{sampler.upper()} sampling loop", strategy, trial, describe=describe,
-               reproduce=reproduce,
-               max_examples=max_examples, seed=seed)
+               reproduce=reproduce, max_examples=max_examples, seed=seed)

@@ -59,7 +59,9 @@ class ScheduleSpec:
 def schedules(draw, kinds=SCHEDULE_KINDS, min_T: int = 2, max_T: int = 1000):
     """:class:`ScheduleSpec` of any kind, with random T and β range (where the kind has one)."""
     kind = draw(st.sampled_from(kinds))
-    T = draw(st.one_of(st.just(max_T), st.integers(min_T, max_T)))
+    # the rescaled linear schedule needs T >= 20 (β_end = 0.02·1000/T ≤ 1)
+    lo_T = max(min_T, 20) if kind == "guided_diffusion_linear" else min_T
+    T = draw(st.one_of(st.just(max_T), st.integers(lo_T, max(lo_T, max_T))))
     params = {}
     if kind in ("linear", "scaled_linear", "zero_snr_linear"):
         lo = draw(st.floats(1e-5, 2e-3))

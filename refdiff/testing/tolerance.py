@@ -1,11 +1,16 @@
-"""``assert_close`` and the per-dtype tolerance policy of the conformance kit.
+"""``assert_close`` and the tolerance policy of the conformance kit.
 
-Policy: a candidate's output ``actual`` (any backend) is compared with refdiff's NumPy float64
-reference ``expected`` computed on the *same rounded inputs*. It passes when
+A candidate's output ``actual`` (any backend) is compared with refdiff's NumPy float64
+reference ``expected`` computed on the *same rounded inputs*. It passes when its dtype, shape
+and device are the ones expected and its values are within a tolerance, in one of two modes:
 
-    max |actual − expected| ≤ RTOL[dtype] · scale,   scale = max(1, max|inputs|, max|expected|)
-
-elementwise over the whole array, and when its dtype, shape and device are the ones expected.
+- ``bound=`` (what every check uses): an elementwise absolute bound, derived per example by
+  :mod:`refdiff.testing.bounds` from a first-order error analysis of the formula in the
+  candidate's dtype: |actual − expected| ≤ bound, element by element. The result reports
+  the ratio max |actual − expected| / bound (below 1 on agreement).
+- ``rtol=`` (the simple mode, kept for plain comparisons and the schedule check):
+  max |actual − expected| ≤ rtol · scale, scale = max(1, max|inputs|, max|expected|), with
+  rtol = ``RTOL[dtype]`` by default:
 
 =========  ======  ===============================================================
 dtype      RTOL    meaning
@@ -16,17 +21,20 @@ float16    4e-3    ~4 eps
 bfloat16   3e-2    ~4 eps
 =========  ======  ===============================================================
 
-These are the numbers of refdiff's own backend tests (tests/conftest.py ``RTOL``): measured
-worst error/scale over 200 examples per function was 0.2–0.3 eps of each dtype, so each bound
-leaves a 16–60× margin for other hardware (fused multiply-adds) while an O(1) formula slip —
-a wrong coefficient, a wrong ᾱ, a missing term — is orders of magnitude above it.
-A float32 *table* under a float64 claim fails the float64 bound (its error is ~1e-8).
+The simple mode is not a bound for formulas that cancel and divide (x̂_0 at ᾱ ≈ 4e-5
+amplifies rounding by 1/√ᾱ ≈ 160): that is why the checks use ``bound=``. It remains the
+schedule check's criterion (a float32 table under a float64 claim fails on dtype and by ~1e-8
+in value) and what refdiff's own backend tests use (tests/conftest.py).
+
+:func:`observe` registers a callback that sees every comparison a check makes (the kit's
+corpus and mutation report use it to measure error/bound ratios).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -97,7 +105,7 @@ def difference(actual: Any, expected: Any) -> tuple[float, float]:
 
 def assert_close(actual: Any, expected: Any, *, dtype: str | None = None, device: str | None = None,
                  rtol: float | None = None, scale: float | None = None,
-                 inputs: tuple = ()) -> dict:
+                 inputs: tuple = (), bound: Any = None) -> dict:
     """Assert that ``actual`` matches ``expected`` in values, dtype, shape and device.
 
     Parameters
@@ -111,22 +119,53 @@ def assert_close(actual: Any, expected: Any, *, dtype: str | None = None, device
     device : str, optional
         The device ``actual`` must be on; default: the device of ``expected``.
     rtol : float, optional
-        Relative tolerance; default ``RTOL[dtype]`` (module docstring).
+        Simple mode: relative tolerance; default ``RTOL[dtype]`` (module docstring).
     scale : float, optional
-        The magnitude the tolerance is relative to; default max(1, max|inputs|, max|expected|).
+        Simple mode: the magnitude the tolerance is relative to; default
+        max(1, max|inputs|, max|expected|).
     inputs : tuple of arrays
-        The inputs of the computation, for the default ``scale``.
+        Simple mode: the inputs of the computation, for the default ``scale``.
+    bound : array or float, optional
+        An elementwise absolute bound, broadcastable to ``expected`` (e.g. from
+        :mod:`refdiff.testing.bounds`); replaces ``rtol``/``scale``/``inputs``.
 
     Returns
     -------
-    dict with ``max_abs``, ``max_rel`` and ``tolerance`` (absolute).
+    dict with ``max_abs``, ``max_rel``, ``tolerance`` (absolute, at the worst element) and
+    ``ratio`` (max |actual − expected| / tolerance: below 1 on agreement).
 
     Raises
     ------
     ConformanceError
-        On a dtype, shape, device or value mismatch; the message names which and by how much.
+        On a dtype, shape, device or value mismatch; the message names which and by how much
+        (a value mismatch also carries ``ratio``).
     """
+    _check_metadata(actual, expected, dtype or dtype_name(expected), device)
     dtype = dtype or dtype_name(expected)
+    max_abs, max_rel = difference(actual, expected)
+    if bound is not None:
+        return _within_bound(actual, expected, bound, dtype, max_abs, max_rel)
+    if scale is None:
+        mags = [np.max(np.abs(to_numpy(x)), initial=0.0) for x in (*inputs, expected)]
+        scale = max(1.0, *[float(m) for m in mags])
+    tol = (RTOL[dtype] if rtol is None else rtol) * scale
+    stats = {"max_abs": max_abs, "max_rel": max_rel, "tolerance": tol,
+             "ratio": _ratio(max_abs, tol)}
+    if not max_abs <= tol:
+        raise _value_error(f"values: max |actual - expected| = {max_abs:.3e} > tolerance "
+                           f"{tol:.3e} ({dtype}, rtol {tol / scale:.0e} x scale {scale:.3g})",
+                           stats["ratio"])
+    return stats
+
+
+def _value_error(message: str, ratio: float) -> ConformanceError:
+    """A value mismatch, carrying ``ratio`` = max |actual − expected| / tolerance."""
+    exc = ConformanceError(message)
+    exc.ratio = ratio
+    return exc
+
+
+def _check_metadata(actual: Any, expected: Any, dtype: str, device: str | None) -> None:
     got = dtype_name(actual) if hasattr(actual, "dtype") or isinstance(actual, float) else "?"
     if got != dtype:
         raise ConformanceError(f"dtype: got {got}, expected {dtype}")
@@ -137,13 +176,56 @@ def assert_close(actual: Any, expected: Any, *, dtype: str | None = None, device
     a_shape, e_shape = tuple(getattr(actual, "shape", ())), tuple(getattr(expected, "shape", ()))
     if a_shape != e_shape:
         raise ConformanceError(f"shape: got {a_shape}, expected {e_shape}")
-    if scale is None:
-        mags = [np.max(np.abs(to_numpy(x)), initial=0.0) for x in (*inputs, expected)]
-        scale = max(1.0, *[float(m) for m in mags])
-    tol = (RTOL[dtype] if rtol is None else rtol) * scale
-    max_abs, max_rel = difference(actual, expected)
-    stats = {"max_abs": max_abs, "max_rel": max_rel, "tolerance": tol}
-    if not max_abs <= tol:
-        raise ConformanceError(f"values: max |actual - expected| = {max_abs:.3e} > tolerance "
-                               f"{tol:.3e} ({dtype}, rtol {tol / scale:.0e} x scale {scale:.3g})")
+
+
+def _ratio(err: float, tol: float) -> float:
+    if err == 0:
+        return 0.0
+    return err / tol if tol > 0 else float("inf")
+
+
+def _within_bound(actual, expected, bound, dtype: str, max_abs: float, max_rel: float) -> dict:
+    """The ``bound=`` mode: |actual − expected| ≤ bound elementwise."""
+    err = np.abs(to_numpy(actual) - to_numpy(expected))
+    err = np.where(np.isnan(err), np.inf, err)
+    tol = np.broadcast_to(np.asarray(bound, dtype=np.float64), err.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(err == 0, 0.0, err / tol)
+    ratios = np.where(np.isnan(ratios), np.inf, ratios)
+    if ratios.size == 0:
+        return {"max_abs": 0.0, "max_rel": 0.0, "tolerance": 0.0, "ratio": 0.0}
+    worst = np.unravel_index(int(np.argmax(ratios)), ratios.shape)
+    ratio = float(ratios[worst])
+    stats = {"max_abs": max_abs, "max_rel": max_rel, "tolerance": float(tol[worst]),
+             "ratio": ratio}
+    if not ratio <= 1.0:
+        where = f" at {tuple(int(i) for i in worst)}" if err.ndim else ""
+        raise _value_error(
+            f"values: |actual - expected| = {float(err[worst]):.3e} > bound "
+            f"{float(tol[worst]):.3e}{where} (ratio {ratio:.3g}; {dtype} error bound, "
+            f"docs/testing.md 'Tolerance policy'; max |actual - expected| = {max_abs:.3e})", ratio)
     return stats
+
+
+_OBSERVERS: list[Callable[[dict], None]] = []
+
+
+@contextlib.contextmanager
+def observe(callback: Callable[[dict], None]) -> Iterator[None]:
+    """Call ``callback(record)`` for every comparison a check makes while the block runs.
+
+    ``record`` has ``what``, ``dtype``, ``device``, ``actual``, ``expected``, ``bound``
+    (None in the simple mode), ``ratio`` (max |actual − expected| / tolerance; inf for a
+    dtype, shape or device mismatch) and ``passed``.
+    """
+    _OBSERVERS.append(callback)
+    try:
+        yield
+    finally:
+        _OBSERVERS.remove(callback)
+
+
+def notify(record: dict) -> None:
+    """Pass one comparison's ``record`` to every registered observer (see :func:`observe`)."""
+    for callback in list(_OBSERVERS):
+        callback(record)
