@@ -152,6 +152,20 @@ def linear_schedule(num_train_timesteps: int = 1000, beta_start: float = 1e-4,
 
     .. math:: β_t = β_{start} + (β_{end} − β_{start})·t/(T−1)
 
+    Parameters
+    ----------
+    num_train_timesteps : int
+        T ≥ 1.
+    beta_start, beta_end : float
+        β_0 and β_{T−1}, each in (0, 1].
+    xp : namespace, optional
+        Host array namespace for the tables (default NumPy via array-api-compat).
+
+    Returns
+    -------
+    Schedule
+        Validated host float64 tables of length T.
+
     References
     ----------
     DDPM, arXiv:2006.11239v2, §4 (β from 1e-4 to 0.02 over T = 1000).
@@ -174,6 +188,18 @@ def guided_diffusion_linear_schedule(num_train_timesteps: int = 1000, *, xp: Any
         For T < 20, where β_end would exceed 1 (at T = 20, β_end = 1: the last ᾱ is 0, a
         zero-terminal-SNR table).
 
+    Parameters
+    ----------
+    num_train_timesteps : int
+        T ≥ 20.
+    xp : namespace, optional
+        Host array namespace for the tables.
+
+    Returns
+    -------
+    Schedule
+        Validated host float64 tables of length T.
+
     References
     ----------
     IDDPM, arXiv:2102.09672v1, §3.2 and its released code's ``get_named_beta_schedule``.
@@ -192,6 +218,20 @@ def scaled_linear_schedule(num_train_timesteps: int = 1000, beta_start: float = 
 
     .. math:: β_t = (\\sqrt{β_{start}} + (\\sqrt{β_{end}} − \\sqrt{β_{start}})·t/(T−1))^2
 
+    Parameters
+    ----------
+    num_train_timesteps : int
+        T ≥ 1.
+    beta_start, beta_end : float
+        β_0 and β_{T−1}, each in (0, 1] (linear in √β between them).
+    xp : namespace, optional
+        Host array namespace for the tables.
+
+    Returns
+    -------
+    Schedule
+        Validated host float64 tables of length T.
+
     References
     ----------
     LDM, arXiv:2112.10752v2 (released Stable Diffusion configuration).
@@ -209,6 +249,22 @@ def cosine_schedule(num_train_timesteps: int = 1000, s: float = 0.008, max_beta:
     .. math::
         \\bar α(τ) = \\cos^2\\Big(\\frac{τ + s}{1 + s}·\\frac{π}{2}\\Big), \\qquad
         β_i = \\min\\big(1 − \\bar α((i+1)/T)/\\bar α(i/T),\\ β_{max}\\big)
+
+    Parameters
+    ----------
+    num_train_timesteps : int
+        T ≥ 1.
+    s : float
+        The offset s ≥ 0 of Eq. 17 (0.008 in the paper).
+    max_beta : float
+        The clip of β, in (0, 1] (0.999 in the paper).
+    xp : namespace, optional
+        Host array namespace for the tables.
+
+    Returns
+    -------
+    Schedule
+        Validated host float64 tables of length T.
 
     References
     ----------
@@ -233,6 +289,16 @@ def rescale_zero_terminal_snr(schedule: Schedule) -> Schedule:
 
     The last β becomes 1. ε-prediction cannot give x̂_0 at ᾱ = 0: the step functions refuse
     that combination; use v- or x_0-prediction (or start sampling one step later).
+
+    Parameters
+    ----------
+    schedule : Schedule
+        With T ≥ 2.
+
+    Returns
+    -------
+    Schedule
+        The rescaled, validated schedule (ᾱ_{T−1} = 0, ᾱ_0 unchanged).
 
     References
     ----------
@@ -265,6 +331,18 @@ def inference_timesteps(num_train_timesteps: int, num_inference_steps: int,
     T·(n − i) divided once by n lands exactly on every tie (T = 1000, n = 240, i = 195 gives
     187.5 → 188 → 187), whereas T − i·(T/n) drifts off ties, and a float-step ``arange`` yields
     n + 1 elements for some n (e.g. T = 1000, n = 61).
+
+    Parameters
+    ----------
+    num_train_timesteps : int
+        T.
+    num_inference_steps : int
+        n in 1 … T.
+    spacing : {"leading", "trailing", "linspace"}
+    offset : int
+        ≥ 0, added to every ``"leading"`` timestep.
+    xp : namespace, optional
+        Host array namespace of the result.
 
     Returns
     -------

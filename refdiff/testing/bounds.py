@@ -35,11 +35,13 @@ For a formula f evaluated by a candidate in a dtype with unit roundoff u, the bo
 of ᾱ allows), and √(1 − β') as written in DDPM Eq. 7 (refdiff and guided-diffusion; after a
 large jump, ᾱ_t/ᾱ_prev = r ≪ 1, it loses u_t/(2r) relative, which √(ᾱ_t/ᾱ_prev) would not);
 computing β' as ((1−ᾱ_t) − (1−ᾱ_prev))/ᾱ_prev loses 2·u_t/ᾱ_prev at large t and is not a
-correct implementation in low precision. Results that may be subnormal carry an
-absolute error of the smallest subnormal (twice η of the standard model
-fl(a∘b) = (a∘b)(1 + δ) + η); so does a product of nonzero values that underflowed to 0. Clipping is 1-Lipschitz: the error of x̂_0 passes through a clip
-unchanged, so rounding that moves an element across the clip boundary is covered without
-treating the boundary specially. Square roots take the exact worst case over the input
+correct implementation in low precision.
+
+Results that may be subnormal carry an absolute error of the smallest subnormal (twice η of
+the standard model fl(a∘b) = (a∘b)(1 + δ) + η), and so does a product of nonzero values that
+underflowed to 0. Clipping is 1-Lipschitz: the error of x̂_0 passes through a clip unchanged,
+so rounding that moves an element across the clip boundary is covered without treating the
+boundary specially. Square roots take the exact worst case over the input
 interval, so an argument near 0 (the DDIM direction coefficient at η = 1) never divides by 0.
 
 Each public function takes the float64 values the check passes to the reference (arrays
@@ -291,8 +293,8 @@ def _ddim(p: Precision, x: Array, eps: Array, noise, ab_t: float, ab_prev: float
     A_t, C_t = p.alpha_bar(ab_t, index=t)
     A_p, C_p = p.alpha_bar(ab_prev, prev_exact, t_prev)
     x0, eps = _x0_hat(x, eps, A_t.sqrt(), C_t.sqrt(), clip_x0, rederive_eps)
-    eta_ = p.level(eta)
-    r = eta_ * eta_ * (1.0 - A_t / A_p) / C_t                        # σ²/(1 − ᾱ_prev) = η²·β'/(1 − ᾱ_t)
+    eta_ = p.level(eta)                                             # η² may underflow
+    r = eta_ * eta_ * (1.0 - A_t / A_p) / C_t                       # r = σ²/(1 − ᾱ_prev)
     out = A_p.sqrt() * x0 + (C_p * (1.0 - r)).sqrt() * eps          # DDIM Eq. 12: √(1−ᾱ_prev−σ²)
     if eta > 0 and noise is not None:
         out = out + (r * C_p).sqrt() * p.array(noise)               # DDIM Eq. 16: σ·z

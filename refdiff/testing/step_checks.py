@@ -24,7 +24,8 @@ spacing in ``spacings``.
 Tolerance: the per-example error bound of :mod:`refdiff.testing.bounds` for the step in the
 target's dtype (it follows the cancellation and the division by √ᾱ_t in x̂_0, and the rounding
 of the candidate's ᾱ table); for a loop, each step's error is carried into the next through
-the step's partial derivatives and the model's Jacobian (docs/testing.md "Tolerance policy").
+the Jacobian of the whole step x ↦ step(x, model(x, t)), and each step adds its own
+(docs/testing.md "Tolerance policy").
 
 References
 ----------
