@@ -250,8 +250,8 @@ def count(name: str, value: Any) -> int:
 def integer(name: str, value: Any, *, lo: int | None = None, hi: int | None = None) -> int:
     """A Python or NumPy integer in [lo, hi], as an int: TypeError for anything else (a bool,
     a float such as 2.7 or 3.0, a string), ValueError outside the range."""
-    if isinstance(value, bool) or not hasattr(value, "__index__") or is_array(value) and getattr(
-            value, "ndim", 0) != 0:
+    zero_d = not is_array(value) or getattr(value, "ndim", 0) == 0
+    if isinstance(value, bool) or not hasattr(value, "__index__") or not zero_d:
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     v = value.__index__()
     if (lo is not None and v < lo) or (hi is not None and v > hi):

@@ -168,7 +168,7 @@ class GaussianMixture:
 
     # ----- construction -------------------------------------------------------------------
     @classmethod
-    def full(cls, weights: Any, means: Any, covariances: Any, labels: Any=None) -> "GaussianMixture":
+    def full(cls, weights: Any, means: Any, covariances: Any, labels: Any = None) -> "GaussianMixture":
         """From full covariances Σ_k, shape (K, d, d), symmetric positive definite.
 
         Parameters
@@ -212,7 +212,7 @@ class GaussianMixture:
         return cls._checked(xp, weights, means, lam, U, labels)
 
     @classmethod
-    def diagonal(cls, weights: Any, means: Any, variances: Any, labels: Any=None) -> "GaussianMixture":
+    def diagonal(cls, weights: Any, means: Any, variances: Any, labels: Any = None) -> "GaussianMixture":
         """From per-axis variances, shape (K, d).
 
         Parameters
@@ -243,7 +243,7 @@ class GaussianMixture:
         return cls._checked(xp, weights, means, lam, xp.asarray(U, copy=True), labels)
 
     @classmethod
-    def isotropic(cls, weights: Any, means: Any, variances: Any, labels: Any=None) -> "GaussianMixture":
+    def isotropic(cls, weights: Any, means: Any, variances: Any, labels: Any = None) -> "GaussianMixture":
         """From one variance per component (a float or shape (K,)): Σ_k = σ_k² I.
 
         Parameters

@@ -212,8 +212,9 @@ def _checked_run(x_T: Any, schedule: Schedule, g: Guidance, sampler: Any, num_in
         raise ValueError("alpha_bar_t = 0 (zero terminal SNR) at the first timestep: an "
                          "epsilon model cannot give x0_hat there; use a v- or x_0-model or "
                          "start one timestep later")
-    for _, ab_t, ab_prev in levels:  # η against every step; a float η for DDPM is unused
-        eta = _check_eta(None, eta, ab_t, ab_prev) if sampler == "ddim" else eta
+    if sampler == "ddim":  # η against every step of the list, before any model evaluation
+        for _, ab_t, ab_prev in levels:
+            eta = _check_eta(None, eta, ab_t, ab_prev)
     return _Run(xp, sampler, prediction_type, scale, rescale, space, classifier_scale, eta,
                 variance_type, _clip_bound(clip_x0), rederive_eps, levels)
 

@@ -76,7 +76,7 @@ class Schedule:
         return float(self.alphas_cumprod[t])
 
     @classmethod
-    def from_betas(cls, betas: Any, *, xp: Any=None) -> "Schedule":
+    def from_betas(cls, betas: Any, *, xp: Any = None) -> "Schedule":
         """Build and validate a schedule from β_t.
 
         Parameters
@@ -147,7 +147,7 @@ def _linspace(xp: Any, start: float, stop: float, n: int) -> Any:
 
 
 def linear_schedule(num_train_timesteps: int = 1000, beta_start: float = 1e-4,
-                    beta_end: float = 0.02, *, xp: Any=None) -> Schedule:
+                    beta_end: float = 0.02, *, xp: Any = None) -> Schedule:
     """Linear β schedule, not rescaled with T (diffusers' ``"linear"``).
 
     .. math:: β_t = β_{start} + (β_{end} − β_{start})·t/(T−1)
@@ -176,7 +176,7 @@ def linear_schedule(num_train_timesteps: int = 1000, beta_start: float = 1e-4,
     return Schedule.from_betas(_linspace(xp, b0, b1, T), xp=xp)
 
 
-def guided_diffusion_linear_schedule(num_train_timesteps: int = 1000, *, xp: Any=None) -> Schedule:
+def guided_diffusion_linear_schedule(num_train_timesteps: int = 1000, *, xp: Any = None) -> Schedule:
     """Linear schedule rescaled by 1000/T (guided-diffusion / improved-diffusion ``"linear"``).
 
     β_start = 1e-4·1000/T and β_end = 0.02·1000/T, so that T ≠ 1000 keeps ᾱ_{T−1} near the
@@ -213,7 +213,7 @@ def guided_diffusion_linear_schedule(num_train_timesteps: int = 1000, *, xp: Any
 
 
 def scaled_linear_schedule(num_train_timesteps: int = 1000, beta_start: float = 0.00085,
-                           beta_end: float = 0.012, *, xp: Any=None) -> Schedule:
+                           beta_end: float = 0.012, *, xp: Any = None) -> Schedule:
     """Stable Diffusion's "scaled linear" schedule: linear in √β.
 
     .. math:: β_t = (\\sqrt{β_{start}} + (\\sqrt{β_{end}} − \\sqrt{β_{start}})·t/(T−1))^2
@@ -243,7 +243,7 @@ def scaled_linear_schedule(num_train_timesteps: int = 1000, beta_start: float = 
 
 
 def cosine_schedule(num_train_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999,
-                    *, xp: Any=None) -> Schedule:
+                    *, xp: Any = None) -> Schedule:
     """Cosine schedule of Improved DDPM.
 
     .. math::
@@ -317,7 +317,7 @@ def rescale_zero_terminal_snr(schedule: Schedule) -> Schedule:
 
 
 def inference_timesteps(num_train_timesteps: int, num_inference_steps: int,
-                        spacing: str = "leading", offset: int = 0, *, xp: Any=None) -> Any:
+                        spacing: str = "leading", offset: int = 0, *, xp: Any = None) -> Any:
     """The training timesteps a sampler visits, descending (diffusers' spacing names).
 
     With T = ``num_train_timesteps`` and n = ``num_inference_steps``:

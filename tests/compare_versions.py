@@ -32,6 +32,7 @@ import dataclasses
 import math
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -1202,7 +1203,6 @@ def corpus_oracle(c: Corpus, rows: list[Row], quick: bool) -> None:
                         c.add(f"GaussianMixture.{meth}", r, f"{mix},alpha_bar_t={label},y={y}",
                               method, mix, meth, x, ab, y)
         if r.lib == "torch" and r.dtype_name in ("float32", "float64"):
-            xp = r.xp
             for label, ab in [("0.5", 0.5), ("0.02", 0.02)]:
                 c.add("classifier_gradient", r, f"oracle,autograd,alpha_bar_t={label}",
                       rd.classifier_gradient,
@@ -1617,8 +1617,6 @@ INTENDED_PATTERNS = [
 
 
 def _intended(cid: str) -> str | None:
-    import re
-
     if cid in INTENDED:
         return INTENDED[cid]
     return next((why for pattern, why in INTENDED_PATTERNS if re.search(pattern, cid)), None)

@@ -213,13 +213,6 @@ COERCIONS = {
 }
 
 
-@pytest.mark.parametrize("call,exc,match", list(COERCIONS.values()),
-                         ids=[f"coercion-{k}" for k in COERCIONS])
-def test_coercion_refused_by_name(call, exc, match):
-    with pytest.raises(exc, match=match):
-        call()
-
-
 # ----- helper: exported helpers check what their callers check -----------------------------
 HELPERS = {
     "ddim_sigma-prev-zero": (lambda: rd.ddim_sigma(0.5, 0.0, 0.0), ValueError, "alpha_bar_prev"),
@@ -260,13 +253,6 @@ HELPERS = {
 }
 
 
-@pytest.mark.parametrize("call,exc,match", list(HELPERS.values()),
-                         ids=[f"helper-{k}" for k in HELPERS])
-def test_helper_refused_by_name(call, exc, match):
-    with pytest.raises(exc, match=match):
-        call()
-
-
 # ----- schedule ----------------------------------------------------------------------------
 SCHEDULES = {
     "tiny-beta_start": (lambda: rd.linear_schedule(10, beta_start=1e-17), ValueError,
@@ -296,9 +282,14 @@ SCHEDULES = {
 }
 
 
-@pytest.mark.parametrize("call,exc,match", list(SCHEDULES.values()),
-                         ids=[f"schedule-{k}" for k in SCHEDULES])
-def test_schedule_refused_by_name(call, exc, match):
+# ----- every table above: the exception type and the argument's name --------------------
+REFUSED = {f"{prefix}-{k}": case for prefix, table in (
+    ("coercion", COERCIONS), ("helper", HELPERS), ("schedule", SCHEDULES))
+    for k, case in table.items()}
+
+
+@pytest.mark.parametrize("call,exc,match", list(REFUSED.values()), ids=list(REFUSED))
+def test_refused_by_name(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import refdiff as rd
-from refdiff.testing import (RTOL, ConformanceError, Target, assert_close, check_cfg,
+from refdiff.testing import (ConformanceError, Target, assert_close, check_cfg,
                              check_classifier_guidance, check_ddim_step, check_ddpm_step,
                              check_posterior, check_q_sample, check_sampling_loop,
                              check_schedule, check_timesteps, strategies as S)

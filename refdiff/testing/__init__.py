@@ -5,8 +5,9 @@ Each ``check_*`` function takes a candidate callable with a small adapter signat
 Hypothesis, compares with refdiff, and returns a :class:`CheckResult`: ``bool(result)`` is True
 on agreement; ``result.report()`` prints the shrunk counterexample, both outputs, the size of
 the difference and a copy-paste reproduction; ``result.raise_for_failure()`` turns it into a
-test failure. :func:`assert_close` is the comparison itself (values within the per-dtype
-tolerance of :mod:`refdiff.testing.tolerance`, dtype, shape and device).
+test failure. :func:`assert_close` is the comparison itself: dtype, shape and device, and
+values within an elementwise error bound (``bound=``, derived per example by
+:mod:`refdiff.testing.bounds`, which the checks use) or a per-dtype ``rtol``.
 
 Searches are deterministic by default (Hypothesis ``derandomize``); pass ``seed=`` for a
 random one. Adapters for diffusers' schedulers live in

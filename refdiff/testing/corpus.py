@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import array_api_compat
 import numpy as np
