@@ -140,6 +140,12 @@ def _step_calls(a: SimpleNamespace) -> dict[str, Callable[[], Any]]:
         "ddpm_step": lambda: rd.ddpm_step(x, u, 0.3, 0.55, z),
         "ddpm_mean_variance": lambda: rd.ddpm_mean_variance(x, u, 0.3, 0.55),
         "ddim_inversion_step": lambda: rd.ddim_inversion_step(x, u, 0.55, 0.3),
+        "ddpm_step (learned_range)": lambda: rd.ddpm_step(x, u, 0.3, 0.55, z,
+                                                          variance_type="learned_range",
+                                                          var_values=0.5 * u),
+        "dynamic_threshold": lambda: rd.dynamic_threshold(x),
+        "ddim_step (thresholding)": lambda: rd.ddim_step(x, u, 0.3, 0.55,
+                                                         clip_x0=rd.DynamicThreshold()),
     }
 
 
@@ -153,6 +159,8 @@ def _schedule_calls(a: SimpleNamespace) -> dict[str, Callable[[], Any]]:
         "cosine_schedule": lambda: rd.cosine_schedule(1000),
         "rescale_zero_terminal_snr": lambda: rd.rescale_zero_terminal_snr(sched),
         "inference_timesteps": lambda: rd.inference_timesteps(1000, 50, "trailing"),
+        "guided_diffusion_timesteps": lambda: rd.guided_diffusion_timesteps(1000, "ddim50"),
+        "compvis_timesteps": lambda: rd.compvis_timesteps(1000, 50),
     }
 
 

@@ -14,19 +14,22 @@ from refdiff.distillation import (guidance_distillation_target, guidance_scale_e
                                   sample_guidance_scales, sinusoidal_embedding)
 from refdiff.forward import (PREDICTION_TYPES, posterior_coefficients, predict_x0_eps,
                              prediction_from_x0_eps, q_posterior, q_sample, v_target)
+from refdiff.presets import INVERSION_PRESETS, PRESETS
 from refdiff.sampling import Guidance, ddim_invert, sample
+from refdiff.respacing import ORIGINAL_SPACINGS, compvis_timesteps, guided_diffusion_timesteps
 from refdiff.schedules import (SPACINGS, Schedule, cosine_schedule,
                                guided_diffusion_linear_schedule, inference_timesteps,
                                linear_schedule, rescale_zero_terminal_snr, scaled_linear_schedule)
+from refdiff.thresholding import DynamicThreshold, dynamic_threshold
 from refdiff.steps import (VARIANCE_TYPES, ddim_inversion_step, ddim_sigma, ddim_step,
                            ddpm_mean_variance, ddpm_step)
 from refdiff.training import (alpha_bar_at, diffusion_loss, drop_condition, min_snr_weight,
                               sample_timesteps, snr)
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
-    "PREDICTION_TYPES", "SPACINGS", "VARIANCE_TYPES", "Guidance", "Schedule", "cfg", "cfg_multi",
+    "INVERSION_PRESETS", "PRESETS", "PREDICTION_TYPES", "SPACINGS", "VARIANCE_TYPES", "Guidance", "Schedule", "cfg", "cfg_multi",
     "cfg_scale_from_w", "classifier_gradient", "classifier_guided_eps", "classifier_guided_mean",
     "cosine_schedule", "ddim_invert", "ddim_inversion_step", "ddim_sigma", "ddim_step",
     "ddpm_mean_variance", "ddpm_step", "guidance_rescale", "guided_diffusion_linear_schedule",
@@ -38,4 +41,6 @@ __all__ = [
     "guidance_distillation_target", "guidance_scale_embedding", "label_log_prob",
     "min_snr_weight", "noisy_classifier_loss", "sample_guidance_scales", "sample_timesteps",
     "sinusoidal_embedding", "snr",
+    "DynamicThreshold", "dynamic_threshold",  # refdiff.thresholding
+    "ORIGINAL_SPACINGS", "compvis_timesteps", "guided_diffusion_timesteps",  # refdiff.respacing
 ]

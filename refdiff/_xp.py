@@ -367,6 +367,18 @@ def sqrt(xp: Any, v: Any) -> Any:
     return math.sqrt(v) if isinstance(v, float) or not is_array(v) else xp.sqrt(v)
 
 
+def log(xp: Any, v: Any) -> Any:
+    """Natural logarithm of a Python float (host float64) or of an array."""
+    return math.log(v) if isinstance(v, float) or not is_array(v) else xp.log(v)
+
+
+def where_one(xp: Any, level: Any, at_one: Any, elsewhere: Any) -> Any:
+    """``at_one`` where the per-step level equals 1, else ``elsewhere`` (floats or arrays)."""
+    if not is_array(level):
+        return at_one if level == 1 else elsewhere
+    return xp.where(level == 1, as_array_like(xp, at_one, elsewhere), elsewhere)
+
+
 def as_array_like(xp: Any, value: Any, like: Any) -> Any:
     """A Python float or an array as an array in the dtype and on the device of ``like``."""
     if is_array(value):

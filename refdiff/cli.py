@@ -11,6 +11,8 @@ from typing import NoReturn
 # subcommand -> (module, one-line help); each module has main(argv) -> int
 COMMANDS = {
     "demo": ("refdiff.demo", "guided sampling on an exact Gaussian-mixture model, with a summary"),
+    "conventions": ("refdiff.presets", "the presets of the originals (guided-diffusion, CompVis, "
+                    "diffusers) next to refdiff's defaults"),
     "check": ("refdiff.testing.cli", "property-test another implementation (diffusers or yours) "
               "against refdiff"),
 }
@@ -37,7 +39,7 @@ def version() -> str:
 
 def usage() -> str:
     lines = ["usage: refdiff <command> [options]", "       refdiff --version", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run 'refdiff <command> --help' for a command's options."]
     return "\n".join(lines)
 

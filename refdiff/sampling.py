@@ -16,7 +16,14 @@ Conventions (see the README table):
 - CFG is applied to the model's output (affine, so the space does not matter); guidance
   rescale acts in ``rescale_space`` (default: the model's output space, as diffusers).
 - Classifier guidance takes ∇ log p(y | x_t) at x_t with the training timestep t; DDIM uses
-  CG Algorithm 2 (shift ε̂), DDPM uses CG Algorithm 1 (shift the mean by s·Σ·g).
+  CG Algorithm 2 (shift ε̂), DDPM uses CG Algorithm 1 (shift the mean by s·Σ·g, Σ the
+  variance the step uses, learned or fixed). With clipping, DDIM shifts ε̂ and then clips
+  (``classifier_order="shift_then_clip"``) or clips, re-derives ε̂, shifts it and does not
+  clip again (``"clip_then_shift"``, guided-diffusion).
+- A learned-variance model (``variance_type="learned"`` or ``"learned_range"``) returns
+  the prediction and the variance channel as the two halves of axis 1.
+- :mod:`refdiff.presets` names the option sets that make the loop behave like
+  guided-diffusion, CompVis and diffusers.
 
 Every argument is checked once, before the first model evaluation (:func:`_checked_run`):
 the options, the timesteps, the guidance settings, and η against every step of the list.
@@ -27,6 +34,7 @@ References
 ----------
 .. [DDPM] arXiv:2006.11239v2, Algorithm 2.   .. [DDIM] arXiv:2010.02502v4, Eq. 12.
 .. [CFG] arXiv:2207.12598v1, Algorithm 2.    .. [CG] arXiv:2105.05233v4, Algorithms 1–2.
+.. [IDDPM] arXiv:2102.09672v1, Eq. 15 (learned range).
 """
 
 from __future__ import annotations
@@ -39,14 +47,17 @@ from refdiff import _xp
 from refdiff.classifier_free import _cfg, _guidance_rescale
 from refdiff.classifier_guidance import (_classifier_gradient, _classifier_guided_eps,
                                          _classifier_guided_mean)
-from refdiff.forward import (PREDICTION_TYPES, _predict_x0_eps, _prediction_from_x0_eps,
-                             _x0_from_eps)
+from refdiff.forward import (PREDICTION_TYPES, _posterior_coefficients, _predict_x0_eps,
+                             _prediction_from_x0_eps, _x0_from_eps)
 from refdiff.schedules import Schedule, check_schedule, inference_timesteps
-from refdiff.steps import (VARIANCE_TYPES, _check_eta, _clip_bound, _ddim_inversion_step,
-                           _ddim_step, _ddpm_mean_variance)
+from refdiff.steps import (LEARNED_VARIANCES, VARIANCE_TYPES, Clip, _check_eta, _clip_bound,
+                           _ddim_inversion_step, _ddim_step, _ddpm_mean_variance, _x0_eps)
 
 SAMPLERS = ("ddim", "ddpm")
 FINAL_ALPHA_BARS = ("one", "alpha_bar_0")
+CLASSIFIER_ORDERS = ("shift_then_clip", "clip_then_shift")
+LAST_STEP_VARIANCES = ("floor", "previous_beta_tilde")
+MODEL_TIMESTEPS = ("source", "destination")
 
 
 @dataclass(frozen=True)
@@ -65,9 +76,10 @@ class Guidance:
         Guidance-rescale φ (0 = off). ``rescale_space``: the space it acts in (None = the
         model's output space).
     classifier : callable, optional
-        ``classifier(x_t, t) -> (B,)`` log p(y | x_t); ``grad_log_prob(x_t, t)`` gives an
-        analytic gradient ∇ log p(y | x_t) instead of autograd. ``classifier_scale`` is s
-        of CG.
+        ``classifier(x_t, t) -> (B,)`` log p(y | x_t), differentiated by the backend's
+        autograd; or ``grad_log_prob(x_t, t)``, the gradient ∇ log p(y | x_t) itself (used
+        when given; then ``classifier`` is not needed). ``classifier_scale`` is s of CG; a
+        nonzero s without either is an error.
     """
 
     cond: Any = None
@@ -92,30 +104,37 @@ class _Run(NamedTuple):
     classifier_scale: Any    # CG s: a float, or (B, 1, ..., 1)
     eta: float
     variance_type: str
-    clip_x0: float | None
+    learned: bool            # the model also returns a variance channel
+    zero_beta_tilde: float | None  # β̃ used at the step to ᾱ_prev = 1 (None: floored)
+    clip_x0: Clip
     rederive_eps: bool
+    classifier_order: str
     levels: list[tuple[int, float, float]]  # (t, ᾱ_t, ᾱ_prev) of every step
 
 
 # ----- the loop body: one step, math only -------------------------------------------------
 
 def _model_x0_eps(run: _Run, model: Any, g: Guidance, x: Any, t: int, ab_t: float) -> Any:
-    """Evaluate the model (both branches under CFG), guide, and return (x̂_0, ε̂); x̂_0 is None
-    for an ε output, which the step then folds in (the precision rule of refdiff.steps)."""
+    """Evaluate the model (both branches under CFG), guide, and return (x̂_0, ε̂, v): x̂_0 is
+    None for an ε output, which the step then folds in (the precision rule of refdiff.steps);
+    v is the variance channel of a learned-variance model (None otherwise)."""
     xp, s, ptype = run.xp, run.scale, run.prediction_type
     if not _xp.is_array(s) and s == 1:
-        out_c = out = _model_output(xp, model, x, t, g.cond)
+        out_c, var = _model_output(xp, run.learned, model, x, t, g.cond)
+        out = out_c
     elif not _xp.is_array(s) and s == 0:
-        out_c = out = _model_output(xp, model, x, t, g.uncond)
+        out, var = _model_output(xp, run.learned, model, x, t, g.uncond)
+        out_c = out
     else:                                                           # CFG Algorithm 2, line 5
-        out_c = _model_output(xp, model, x, t, g.cond)
-        out = _cfg(xp, _model_output(xp, model, x, t, g.uncond), out_c, s)
+        out_c, var = _model_output(xp, run.learned, model, x, t, g.cond)       # Σ of the conditional branch
+        out = _cfg(xp, _model_output(xp, run.learned, model, x, t, g.uncond)[0], out_c, s)
     if run.rescale == 0:
-        return _x0_eps_of(xp, x, out, ab_t, ptype)
+        return (*_x0_eps_of(xp, x, out, ab_t, ptype), var)
     space = run.rescale_space
     guided, cond = (_prediction_from_x0_eps(xp, *_predict_x0_eps(xp, x, o, ab_t, ptype), ab_t,
                                             space) for o in (out, out_c))
-    return _x0_eps_of(xp, x, _guidance_rescale(xp, guided, cond, run.rescale), ab_t, space)
+    return (*_x0_eps_of(xp, x, _guidance_rescale(xp, guided, cond, run.rescale), ab_t, space),
+            var)
 
 
 def _x0_eps_of(xp: Any, x: Any, out: Any, ab_t: float, space: str) -> Any:
@@ -125,31 +144,49 @@ def _x0_eps_of(xp: Any, x: Any, out: Any, ab_t: float, space: str) -> Any:
     return _predict_x0_eps(xp, x, out, ab_t, space)
 
 
-def _model_output(xp: Any, model: Any, x: Any, t: int, c: Any) -> Any:
+def _model_output(xp: Any, learned: bool, model: Any, x: Any, t: int, c: Any) -> Any:
+    """The model's prediction and, for a learned-variance model, its variance channel: the
+    output's two halves along axis 1 (guided-diffusion's and diffusers' layout)."""
     out = model(x, t, c)
     if not _xp.is_array(out):
         raise TypeError(f"the model must return an array like x_t, got {type(out).__name__}")
-    _xp.returned(xp, "x_t", x, model_output=out)
-    return out
+    if not learned:
+        _xp.returned(xp, "x_t", x, model_output=out)
+        return out, None
+    want = (x.shape[0], 2 * x.shape[1], *x.shape[2:])
+    if tuple(out.shape) != want:
+        raise ValueError(f"a learned-variance model returns the prediction and the variance "
+                         f"channel along axis 1: shape {want} for x_t of shape "
+                         f"{tuple(x.shape)}, got {tuple(out.shape)}")
+    C = x.shape[1]
+    pred, var = out[:, :C, ...], out[:, C:, ...]
+    _xp.returned(xp, "x_t", x, model_output=pred, model_variance=var)
+    return pred, var
 
 
-def _guided_step(run: _Run, g: Guidance, x: Any, x0_hat: Any, eps: Any, t: int, ab_t: float, ab_prev: float,
-                 noise: Any) -> Any:
+def _guided_step(run: _Run, g: Guidance, x: Any, x0_hat: Any, eps: Any, var: Any, t: int,
+                 ab_t: float, ab_prev: float, noise: Any) -> Any:
     """One DDIM or DDPM step from (x̂_0, ε̂), with classifier guidance if it is on."""
     xp, s = run.xp, run.classifier_scale
     grad = None
     classifier, analytic = g.classifier, g.grad_log_prob
-    if classifier is not None and (_xp.is_array(s) or s != 0):      # ∇ log p(y | x_t) at t
-        exact = None if analytic is None else (lambda z: analytic(z, t))
-        grad = _classifier_gradient(xp, lambda z: classifier(z, t), x, exact)
+    if analytic is not None and (_xp.is_array(s) or s != 0):       # ∇ log p(y | x_t) given
+        grad = _classifier_gradient(xp, lambda z: None, x, lambda z: analytic(z, t))
+    elif classifier is not None and (_xp.is_array(s) or s != 0):    # ∇ log p(y | x_t) by autograd
+        grad = _classifier_gradient(xp, lambda z: classifier(z, t), x, None)
+    clip = run.clip_x0
     if run.sampler == "ddim":
-        if grad is not None:                                        # CG Algorithm 2
+        if grad is not None and run.classifier_order == "clip_then_shift" and clip is not None:
+            x0_hat, eps = _x0_eps(xp, x, eps, ab_t, x0_hat, clip, True)  # clip, re-derive ε̂
+            eps = _classifier_guided_eps(xp, eps, grad, ab_t, s)    # CG Algorithm 2
+            x0_hat, clip = _x0_from_eps(xp, x, eps, ab_t), None     # rebuilt, not clipped again
+        elif grad is not None:                                      # CG Algorithm 2, then clip
             eps, x0_hat = _classifier_guided_eps(xp, eps, grad, ab_t, s), None
-        return _ddim_step(xp, x, eps, ab_t, ab_prev, run.eta, noise, run.clip_x0,
-                          run.rederive_eps, x0_hat)
-    mean, variance = _ddpm_mean_variance(xp, x, eps, ab_t, ab_prev, run.variance_type,
-                                         run.clip_x0, x0_hat)
-    if grad is not None:                                            # CG Algorithm 1
+        return _ddim_step(xp, x, eps, ab_t, ab_prev, run.eta, noise, clip, run.rederive_eps,
+                          x0_hat)
+    mean, variance = _ddpm_mean_variance(xp, x, eps, ab_t, ab_prev, run.variance_type, clip,
+                                         x0_hat, var, run.zero_beta_tilde)
+    if grad is not None:                                            # CG Algorithm 1, Σ as used
         mean = _classifier_guided_mean(xp, mean, variance, grad, s)
     return mean + xp.sqrt(variance) * noise                         # DDPM Algorithm 2, line 4
 
@@ -182,28 +219,28 @@ def _levels(schedule: Schedule, ts: list[int], final: float) -> list[tuple[int, 
     return [(t, abs_[i], abs_[i + 1]) for i, t in enumerate(ts)]
 
 
-def _checked_run(x_T: Any, schedule: Schedule, g: Guidance, sampler: Any, num_inference_steps: Any, spacing: Any,
-                 timesteps: Any, prediction_type: Any, eta: Any, variance_type: Any, clip_x0: Any, rederive_eps: Any,
-                 final_alpha_bar: Any) -> _Run:
+def _checked_run(x_T: Any, schedule: Schedule, g: Guidance, *, sampler: Any,
+                 num_inference_steps: Any, spacing: Any, timesteps: Any, prediction_type: Any,
+                 eta: Any, variance_type: Any, last_step_variance: Any, clip_x0: Any,
+                 rederive_eps: Any, classifier_order: Any, final_alpha_bar: Any) -> _Run:
     xp = _batch_input(x_T, "x_T")
     if not isinstance(g, Guidance):
         raise TypeError(f"guidance must be a refdiff.Guidance, got {type(g).__name__}")
     _xp.choice("sampler", sampler, SAMPLERS)
     _xp.choice("prediction_type", prediction_type, PREDICTION_TYPES)
     _xp.choice("final_alpha_bar", final_alpha_bar, FINAL_ALPHA_BARS)
-    if sampler == "ddim" and variance_type is not None:
-        raise ValueError(f"variance_type applies to sampler='ddpm' only, got variance_type="
-                         f"{variance_type!r} with sampler='ddim' (DDIM's variance is set by eta)")
-    if sampler == "ddpm" and eta != 0:
-        raise ValueError(f"eta applies to sampler='ddim' only, got eta={eta!r} with "
-                         "sampler='ddpm' (DDPM's variance is set by variance_type)")
-    variance_type = _xp.choice("variance_type", variance_type or "fixed_small", VARIANCE_TYPES)
     rederive_eps = _xp.flag("rederive_eps", rederive_eps)
+    _ddim_only(sampler, "classifier_order", _xp.choice("classifier_order", classifier_order,
+                                                       CLASSIFIER_ORDERS), "shift_then_clip")
+    if classifier_order == "clip_then_shift" and not rederive_eps:
+        raise ValueError("classifier_order='clip_then_shift' re-derives eps from the clipped "
+                         "x0_hat (guided-diffusion's order); it needs rederive_eps=True")
     space = prediction_type if g.rescale_space is None else _xp.choice(
         "Guidance.rescale_space", g.rescale_space, PREDICTION_TYPES)
     scale = _xp.any_real(xp, "Guidance.scale", g.scale, x_T)
     rescale = _xp.number("Guidance.rescale", g.rescale, lo=0.0, hi=1.0)
     classifier_scale = _xp.any_real(xp, "Guidance.classifier_scale", g.classifier_scale, x_T)
+    _check_classifier(g, classifier_scale)
     ts = _timesteps(schedule, timesteps, num_inference_steps, spacing)
     final = 1.0 if final_alpha_bar == "one" else schedule.alpha_bar(0)
     levels = _levels(schedule, ts, final)
@@ -212,11 +249,63 @@ def _checked_run(x_T: Any, schedule: Schedule, g: Guidance, sampler: Any, num_in
         raise ValueError("alpha_bar_t = 0 (zero terminal SNR) at the first timestep: an "
                          "epsilon model cannot give x0_hat there; use a v- or x_0-model or "
                          "start one timestep later")
+    variance_type, zero_beta_tilde = _checked_variance(x_T, sampler, eta, variance_type,
+                                                       last_step_variance, levels)
     if sampler == "ddim":  # η against every step of the list, before any model evaluation
         for _, ab_t, ab_prev in levels:
             eta = _check_eta(None, eta, ab_t, ab_prev)
     return _Run(xp, sampler, prediction_type, scale, rescale, space, classifier_scale, eta,
-                variance_type, _clip_bound(clip_x0), rederive_eps, levels)
+                variance_type, variance_type in LEARNED_VARIANCES, zero_beta_tilde,
+                _clip_bound(clip_x0), rederive_eps, classifier_order, levels)
+
+
+def _check_classifier(g: Guidance, classifier_scale: Any) -> None:
+    """Callables where they are expected; a nonzero scale needs a classifier or a gradient."""
+    for name in ("classifier", "grad_log_prob"):
+        if getattr(g, name) is not None and not callable(getattr(g, name)):
+            raise TypeError(f"Guidance.{name} must be callable, got "
+                            f"{type(getattr(g, name)).__name__}")
+    if g.classifier is None and g.grad_log_prob is None and (
+            _xp.is_array(classifier_scale) or classifier_scale != 0):
+        raise ValueError("Guidance.classifier_scale is nonzero but neither Guidance.classifier "
+                         "nor Guidance.grad_log_prob is given")
+
+
+def _ddim_only(sampler: str, name: str, value: Any, default: Any) -> None:
+    if sampler == "ddpm" and value != default:
+        raise ValueError(f"{name} applies to sampler='ddim' only, got {name}={value!r} with "
+                         "sampler='ddpm'")
+
+
+def _checked_variance(x_T: Any, sampler: str, eta: Any, variance_type: Any,
+                      last_step_variance: Any, levels: list[tuple[int, float, float]]) -> Any:
+    """DDPM's variance options: (variance_type, zero_beta_tilde) of the run."""
+    if sampler == "ddim":
+        for name, value, default in (("variance_type", variance_type, None),
+                                     ("last_step_variance", last_step_variance, "floor")):
+            if value != default:
+                raise ValueError(f"{name} applies to sampler='ddpm' only, got {name}={value!r} "
+                                 "with sampler='ddim' (DDIM's variance is set by eta)")
+        return "fixed_small", None
+    if eta != 0:
+        raise ValueError(f"eta applies to sampler='ddim' only, got eta={eta!r} with "
+                         "sampler='ddpm' (DDPM's variance is set by variance_type)")
+    variance_type = _xp.choice("variance_type", variance_type or "fixed_small", VARIANCE_TYPES)
+    _xp.choice("last_step_variance", last_step_variance, LAST_STEP_VARIANCES)
+    if variance_type in LEARNED_VARIANCES and x_T.ndim < 2:
+        raise ValueError(f"variance_type={variance_type!r} needs x_T of shape (B, C, ...): the "
+                         f"model's variance channel is split along axis 1, got shape "
+                         f"{tuple(x_T.shape)}")
+    if last_step_variance == "floor":
+        return variance_type, None
+    if len(levels) < 2 or levels[-1][2] != 1:
+        raise ValueError("last_step_variance='previous_beta_tilde' (guided-diffusion) needs at "
+                         f"least two steps and final_alpha_bar='one'; got {len(levels)} "
+                         f"step(s), last alpha_bar_prev={levels[-1][2]}")
+    if variance_type in ("fixed_small", "learned"):                 # no β̃ = 0 to replace
+        return variance_type, None
+    _, ab_t, ab_prev = levels[-2]                                   # the step before the last
+    return variance_type, _posterior_coefficients(None, ab_t, ab_prev)[2]  # its β̃
 
 
 def _batch_input(x: Any, name: str) -> Any:
@@ -250,16 +339,19 @@ def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, 
            spacing: str | None = None,
            timesteps: Sequence[int] | Any | None = None, prediction_type: str = "epsilon",
            guidance: Guidance | None = None, eta: float = 0.0,
-           variance_type: str | None = None, clip_x0: float | None = None,
-           rederive_eps: bool = True, final_alpha_bar: str = "one", generator: Any = None,
-           progress: bool = False, callback: Callable[..., None] | None = None,
-           return_trajectory: bool = False) -> Any:
+           variance_type: str | None = None, last_step_variance: str = "floor",
+           clip_x0: Any = None, rederive_eps: bool = True,
+           classifier_order: str = "shift_then_clip", final_alpha_bar: str = "one",
+           generator: Any = None, progress: bool = False,
+           callback: Callable[..., None] | None = None, return_trajectory: bool = False) -> Any:
     """Run DDPM or DDIM from x_T to x_0, optionally guided.
 
     Parameters
     ----------
     model : callable
-        ``model(x_t, t, c) -> array`` of the shape of ``x_t``: ε, x_0 or v.
+        ``model(x_t, t, c) -> array`` of the shape of ``x_t``: ε, x_0 or v; with a learned
+        ``variance_type``, of shape (B, 2C, ...): the prediction, then the variance channel
+        along axis 1.
     x_T : array, shape (B, ...)
         The starting noise; fixes the backend, device and dtype of the run.
     schedule : Schedule
@@ -274,10 +366,22 @@ def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, 
         CFG, guidance rescale and classifier guidance settings (default: none).
     eta : float
         DDIM η (``sampler="ddim"``; a nonzero η with ``sampler="ddpm"`` is an error).
-    variance_type : {"fixed_small", "fixed_large"}, optional
-        DDPM's variance (``sampler="ddpm"`` only; default "fixed_small").
+    variance_type : {"fixed_small", "fixed_large", "learned", "learned_range"}, optional
+        DDPM's variance (``sampler="ddpm"`` only; default "fixed_small"); see
+        :func:`refdiff.ddpm_mean_variance`. Under CFG the variance channel is the
+        conditional branch's (GLIDE, DiT), the unconditional one's at scale 0.
+    last_step_variance : {"floor", "previous_beta_tilde"}
+        β̃ at the last step (to ᾱ = 1, where β̃ = 0): floored at 1e-20 inside log β̃
+        (diffusers), or replaced by the β̃ of the step before (guided-diffusion, which also
+        uses it as the "fixed_large" variance there; "fixed_small" and "learned" are the
+        same under both). No noise is added on the last step either way; the choice shows
+        in classifier guidance's μ + s·Σ·g.
     clip_x0, rederive_eps
-        See :func:`refdiff.ddim_step`.
+        See :func:`refdiff.ddim_step` (``clip_x0`` may be a :class:`DynamicThreshold`).
+    classifier_order : {"shift_then_clip", "clip_then_shift"}
+        DDIM with classifier guidance and ``clip_x0``: shift ε̂ (CG Algorithm 2), then clip
+        the x̂_0 it gives (refdiff); or clip x̂_0, re-derive ε̂, shift it and rebuild x̂_0 from
+        the shifted ε̂ without clipping again (guided-diffusion's ``condition_score``).
     final_alpha_bar : {"one", "alpha_bar_0"}
         ᾱ after the last timestep.
     generator : int or generator, optional
@@ -305,14 +409,18 @@ def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, 
 
     References
     ----------
-    DDPM Algorithm 2; DDIM Eq. 12; CFG Algorithm 2; CG Algorithms 1–2 (module docstring).
+    DDPM Algorithm 2; DDIM Eq. 12; CFG Algorithm 2; CG Algorithms 1–2; IDDPM Eq. 15 (module
+    docstring).
     """
     from refdiff.backends import get_backend
 
     g = guidance or Guidance()
-    run = _checked_run(x_T, schedule, g, sampler, num_inference_steps, spacing, timesteps,
-                       prediction_type, eta, variance_type, clip_x0, rederive_eps,
-                       final_alpha_bar)
+    run = _checked_run(x_T, schedule, g, sampler=sampler,
+                       num_inference_steps=num_inference_steps, spacing=spacing,
+                       timesteps=timesteps, prediction_type=prediction_type, eta=eta,
+                       variance_type=variance_type, last_step_variance=last_step_variance,
+                       clip_x0=clip_x0, rederive_eps=rederive_eps,
+                       classifier_order=classifier_order, final_alpha_bar=final_alpha_bar)
     backend, dev = get_backend(x_T), _xp.device(x_T)
     noisy = sampler == "ddpm" or run.eta > 0
     gen = backend.generator(generator, dev) if noisy else None
@@ -322,7 +430,7 @@ def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, 
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     x, trajectory = x_T, [x_T]
     for i, (t, ab_t, ab_prev) in enumerate(_progress(run.levels, progress)):
-        x0_hat, eps = _model_x0_eps(run, model, g, x, t, ab_t)
+        x0_hat, eps, var = _model_x0_eps(run, model, g, x, t, ab_t)
         if callback is not None:  # the callback gets x̂_0 of this step's input
             seen = x0_hat if x0_hat is not None else _x0_from_eps(run.xp, x, eps, ab_t)
         noise = None
@@ -330,7 +438,7 @@ def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, 
             last = i == len(run.levels) - 1
             noise = (backend.xp.zeros_like(x) if last else
                      backend.normal(tuple(x.shape), dtype=x.dtype, device=dev, generator=gen))
-        x = _guided_step(run, g, x, x0_hat, eps, t, ab_t, ab_prev, noise)
+        x = _guided_step(run, g, x, x0_hat, eps, var, t, ab_t, ab_prev, noise)
         if callback is not None:
             callback(i, t, x, seen)
         if return_trajectory:
@@ -341,13 +449,17 @@ def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, 
 def ddim_invert(model: Callable[[Any, int, Any], Any], x0: Any, schedule: Schedule, *,
                 num_inference_steps: int | None = None, spacing: str | None = None,
                 timesteps: Sequence[int] | Any | None = None, prediction_type: str = "epsilon",
-                cond: Any = None) -> Any:
+                cond: Any = None, clip_x0: Any = None, rederive_eps: bool = True,
+                model_timestep: str = "source") -> Any:
     """DDIM inversion (η = 0 run forward) from clean data to the noisiest listed timestep.
 
     The inverse of :func:`sample` with ``sampler="ddim", eta=0``: the levels are visited in
-    the reverse order, from ᾱ = 1 up to ᾱ_{t_0}. ε̂ is evaluated at the source level (x at
-    ᾱ_{t_k} with timestep t_k), as guided-diffusion does; the first step starts from the clean
-    data, which has no timestep, and evaluates the model there with the smallest listed one.
+    the reverse order, from ᾱ = 1 up to ᾱ_{t_0}. Each step evaluates the model at its source
+    x; ``model_timestep`` says which timestep labels that call: ``"source"``, the timestep of
+    x's own level (guided-diffusion's ``ddim_reverse_sample``), or ``"destination"``, the
+    timestep of the level the step goes to (diffusers' DDIMInverseScheduler,
+    prompt-to-prompt). The first step starts from the clean data, which has no timestep; both
+    conventions label it with the smallest listed one.
 
     Parameters
     ----------
@@ -361,6 +473,10 @@ def ddim_invert(model: Callable[[Any, int, Any], Any], x0: Any, schedule: Schedu
     prediction_type : {"epsilon", "v_prediction"}
     cond : any
         The condition passed to the model.
+    clip_x0, rederive_eps
+        See :func:`refdiff.ddim_inversion_step` (guided-diffusion: ``clip_x0=1.0`` with
+        ε̂ re-derived; diffusers' DDIMInverseScheduler: ``clip_x0=1.0, rederive_eps=False``).
+    model_timestep : {"source", "destination"}
 
     Returns
     -------
@@ -375,14 +491,16 @@ def ddim_invert(model: Callable[[Any, int, Any], Any], x0: Any, schedule: Schedu
     if prediction_type == "sample":
         raise ValueError("ddim_invert needs an epsilon or v model: an x_0-model gives no "
                          "eps at the clean data (alpha_bar_t = 1); got prediction_type='sample'")
+    _xp.choice("model_timestep", model_timestep, MODEL_TIMESTEPS)
+    clip_x0, rederive_eps = _clip_bound(clip_x0), _xp.flag("rederive_eps", rederive_eps)
     ts = _timesteps(schedule, timesteps, num_inference_steps, spacing)[::-1]  # ascending
     x, ab_src = x0, 1.0
     for k, t_next in enumerate(ts):
-        t_eval = ts[k - 1] if k > 0 else t_next  # the source level's timestep
+        t_eval = ts[k - 1] if k > 0 and model_timestep == "source" else t_next
         ab_next = schedule.alpha_bar(t_next)
         # at ᾱ = 1 this gives x̂_0 = x and ε̂ from an ε- or v-model
-        out = _model_output(xp, model, x, t_eval, cond)
+        out, _ = _model_output(xp, False, model, x, t_eval, cond)
         x0_hat, eps = _x0_eps_of(xp, x, out, ab_src, prediction_type)
-        x = _ddim_inversion_step(xp, x, eps, ab_src, ab_next, x0_hat)
+        x = _ddim_inversion_step(xp, x, eps, ab_src, ab_next, x0_hat, clip_x0, rederive_eps)
         ab_src = ab_next
     return x

@@ -318,9 +318,11 @@ def rescale_zero_terminal_snr(schedule: Schedule) -> Schedule:
 
 def inference_timesteps(num_train_timesteps: int, num_inference_steps: int,
                         spacing: str = "leading", offset: int = 0, *, xp: Any = None) -> Any:
-    """The training timesteps a sampler visits, descending (diffusers' spacing names).
+    """The training timesteps a sampler visits, descending (diffusers' spacing names, and the
+    originals' own lists by name).
 
-    With T = ``num_train_timesteps`` and n = ``num_inference_steps``:
+    With T = ``num_train_timesteps`` and n = ``num_inference_steps``, diffusers' spacings
+    (:data:`SPACINGS`, valid for every n in 1 … T):
 
     - ``"leading"``: t_i = i·⌊T/n⌋ + offset, i = n−1 … 0.
     - ``"trailing"``: t_i = round(T·(n − i)/n) − 1, i = 0 … n−1 (always includes T − 1).
@@ -332,38 +334,66 @@ def inference_timesteps(num_train_timesteps: int, num_inference_steps: int,
     187.5 → 188 → 187), whereas T − i·(T/n) drifts off ties, and a float-step ``arange`` yields
     n + 1 elements for some n (e.g. T = 1000, n = 61).
 
+    The originals' lists (:data:`refdiff.ORIGINAL_SPACINGS`, :mod:`refdiff.respacing`), valid
+    for some n only (all but ``"guided_diffusion"``) and never shifted by ``offset``:
+
+    - ``"guided_diffusion"``: ``guided_diffusion_timesteps(T, [n])``, one section of n steps
+      (guided-diffusion's ``timestep_respacing="n"``).
+    - ``"guided_diffusion_ddim"``: ``guided_diffusion_timesteps(T, f"ddim{n}")``.
+    - ``"compvis_uniform"``, ``"compvis_quad"``: ``compvis_timesteps(T, n, "uniform")`` or
+      ``"quad"``; uniform has ⌈T/⌊T/n⌋⌉ elements, n or more.
+
     Parameters
     ----------
     num_train_timesteps : int
         T.
     num_inference_steps : int
         n in 1 … T.
-    spacing : {"leading", "trailing", "linspace"}
+    spacing : {"leading", "trailing", "linspace", "guided_diffusion", "guided_diffusion_ddim", \
+"compvis_uniform", "compvis_quad"}
     offset : int
-        ≥ 0, added to every ``"leading"`` timestep.
+        ≥ 0, added to every ``"leading"`` timestep; must be 0 for the originals' lists.
     xp : namespace, optional
         Host array namespace of the result.
 
     Returns
     -------
     timesteps : int64 array, shape (n,)
-        Descending, unique, each in [0, T−1] (host namespace, NumPy by default).
+        Descending, unique, each in [0, T−1] (host namespace, NumPy by default); shape
+        (⌈T/⌊T/n⌋⌉,) for ``"compvis_uniform"``.
 
     Raises
     ------
     ValueError
-        For n outside 1 … T, an unknown ``spacing``, or an ``offset`` that leaves [0, T−1].
+        For n outside 1 … T, an unknown ``spacing``, an ``offset`` that leaves [0, T−1] or is
+        given with an original's list, or an n for which the original's list does not exist
+        (see :func:`refdiff.guided_diffusion_timesteps`, :func:`refdiff.compvis_timesteps`).
 
     References
     ----------
-    ZSNR, arXiv:2305.08891v4, Table 2 (the three spacings).
+    ZSNR, arXiv:2305.08891v4, Table 2 (the three spacings); the originals' lists:
+    :mod:`refdiff.respacing`.
     """
+    from refdiff import respacing  # lazily: respacing builds on this module's host_namespace
+
     T = _xp.count("num_train_timesteps", num_train_timesteps)
     n = _xp.count("num_inference_steps", num_inference_steps)
     if n > T:
         raise ValueError(f"num_inference_steps must lie in 1..{T} (num_train_timesteps), got {n}")
-    _xp.choice("spacing", spacing, SPACINGS)
+    if spacing not in SPACINGS + respacing.ORIGINAL_SPACINGS:
+        raise ValueError(f"spacing must be one of {', '.join(map(repr, SPACINGS))}; got "
+                         f"{spacing!r} (or one of the originals' lists: "
+                         f"{', '.join(map(repr, respacing.ORIGINAL_SPACINGS))})")
     offset = _xp.integer("offset", offset, lo=0)
+    if spacing in respacing.ORIGINAL_SPACINGS:
+        if offset != 0:
+            raise ValueError(f"offset (diffusers' steps_offset) applies to the diffusers "
+                             f"spacings only, got offset={offset} with spacing={spacing!r}")
+        if spacing == "guided_diffusion":
+            return respacing.guided_diffusion_timesteps(T, [n], xp=xp)
+        if spacing == "guided_diffusion_ddim":
+            return respacing.guided_diffusion_timesteps(T, f"ddim{n}", xp=xp)
+        return respacing.compvis_timesteps(T, n, spacing[len("compvis_"):], xp=xp)
     xp = host_namespace() if xp is None else xp
     i = xp.arange(n, dtype=xp.float64)
     if spacing == "leading":

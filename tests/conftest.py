@@ -46,7 +46,19 @@ HAS_CUDA = torch is not None and torch.cuda.is_available()
 # 10 covering the division by √ᾱ ≥ 0.2). float64: the ~1e-12 promise (4500 eps). The others
 # are 4–17 eps of their dtype: a handful of roundings of intermediates. Measured worst
 # err/scale over 200 Hypothesis examples per function and row (2026-11-22): float64 4.1e-17,
-# float32 3.5e-8, float16 2.5e-4, bfloat16 1.6e-3, i.e. 0.2–0.3 eps.
+# float32 3.5e-8, float16 2.5e-4, bfloat16 1.6e-3, i.e. 0.2–0.3 eps. So the tolerance is
+# RTOL/(err/scale) times the worst error seen: float64 ≈ 24 000× (1e-12/4.1e-17), float32
+# ≈ 57×, float16 ≈ 16×, bfloat16 ≈ 19×. That is a margin and not an error bound: in float64
+# it lets through any slip below ~1e-12·scale, and a fixed scale can be wider than the
+# values (a scale 100·max let a sign-flipped ε pass in bfloat16). Rows that must catch
+# slips use the per-example first-order bounds instead (assert_close(bound=...), from
+# refdiff.testing.bounds or a helper next to the test that derives it). Their measured
+# max error/bound, the inverse of the margin (CI profile, 2026-12-01; each test's
+# docstring says how): test_oracle's backend row float64 torch 78×, float32 29×, float16
+# 1.14×, bfloat16 1.05× (the output's own rounding, u·|ref|, is the whole bound there);
+# test_training_backends' losses 4.8–9× and cross-entropy 4.2–9.7× on every row;
+# test_slips (float64 loops, steps, schedules) 3.7–300×. Bitwise-equal rows (NumPy and
+# array-api-strict float64 against NumPy float64) measure 0.
 
 
 def _targets() -> list[Any]:

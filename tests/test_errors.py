@@ -51,7 +51,7 @@ X = np.ones((2, 3))
     (lambda: rd.ddim_step(X, X, 0.1, 0.9, eta=2.0, noise=X), ValueError, "eta=2.0 makes the DDIM variance"),
     (lambda: rd.ddim_step(X, X, 0.5, 0.6, eta=0.5), ValueError, "noise is required when eta > 0"),
     (lambda: rd.ddpm_step(X, X, 0.5, 0.6, None), ValueError, "noise is required for ddpm_step"),
-    (lambda: rd.ddim_step(X, X, 0.5, 0.6, clip_x0=-1.0), ValueError, "clip_x0 must be None or a finite bound > 0"),
+    (lambda: rd.ddim_step(X, X, 0.5, 0.6, clip_x0=-1.0), ValueError, "clip_x0 must be None, a finite bound > 0"),
     # shapes and dtypes
     (lambda: rd.ddim_step(X, np.ones((2, 4)), 0.5, 0.6), ValueError,
      r"eps must have the shape of x_t \(2, 3\), got \(2, 4\)"),
@@ -65,8 +65,11 @@ X = np.ones((2, 3))
     # names
     (lambda: rd.predict_x0_eps(X, X, 0.5, "eps"), ValueError,
      "prediction_type must be one of 'epsilon', 'sample', 'v_prediction'; got 'eps'"),
+    (lambda: rd.ddpm_step(X, X, 0.5, 0.6, X, variance_type="learnt"), ValueError,
+     "variance_type must be one of 'fixed_small', 'fixed_large', 'learned', 'learned_range'; "
+     "got 'learnt'"),
     (lambda: rd.ddpm_step(X, X, 0.5, 0.6, X, variance_type="learned"), ValueError,
-     "variance_type must be one of 'fixed_small', 'fixed_large'; got 'learned'"),
+     "variance_type='learned' needs var_values="),
     (lambda: rd.guidance_rescale(X, X, 1.5), ValueError, r"phi must lie in \[0, 1\], got 1.5"),
     (lambda: rd.cfg(X, X, math.inf), ValueError, "scale must lie in"),
     (lambda: rd.cfg_multi(X, [X], [1.0, 2.0]), ValueError, "eps_conds and scales must be non-empty"),

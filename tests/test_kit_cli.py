@@ -129,6 +129,11 @@ FUNCTION_ERRORS = [
       "final_alpha_bar=bogus"], "--option final_alpha_bar=bogus: expected one or alpha_bar_0"),
     (["refdiff.testing.references:ddim_step", "--checks", "loop", "--option",
       "variance_type=fixed_large"], "--option variance_type: not an option of the ddim loop"),
+    (["refdiff.testing.references:ddpm_step", "--checks", "ddpm", "--option",
+      "variance_type=learned_range"],
+     "--option variance_type=learned_range: check 'ddpm' takes fixed_small or fixed_large"),
+    (["refdiff.testing.references:ddim_step", "--checks", "ddim", "--option",
+      "clip_x0=dynamic:2"], "--option clip_x0=dynamic:2: expected None, a number > 0 or dynamic"),
     (["refdiff:cfg", "--checks", "cfg", "--max-examples", "0"], "--max-examples must be >= 1, got 0"),
     (["refdiff:cfg", "--checks", "cfg", "--max-examples", "-3"], "--max-examples must be >= 1"),
     (["refdiff:cfg", "--checks", "cfg", "--seed", "-1"], "--seed must be >= 0, got -1"),
@@ -163,10 +168,69 @@ def test_bad_diffusers_arguments(args, message, capsys):
     assert message in _usage_error(["diffusers:DDIMScheduler", *args], capsys)
 
 
-def test_ddpm_variance_type_learned_is_refused(capsys):
+def test_diffusers_learned_range_and_thresholding(capsys):
+    """variance_type=learned_range runs the learned-variance step check (and no loop);
+    thresholding=true is refdiff's DynamicThreshold with the configured ratio and maximum."""
     pytest.importorskip("diffusers")
-    err = _usage_error(["diffusers:DDPMScheduler", "--config", "variance_type=learned"], capsys)
-    assert "--config variance_type='learned': not mapped onto refdiff" in err
+    assert main(["check", "diffusers:DDPMScheduler", "--config", "variance_type=learned_range",
+                 "--checks", "ddpm_learned", "--max-examples", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "step check ddpm_learned, no loop check" in out
+    assert "PASS  DDPM step, learned variance" in out
+    assert main(["check", "diffusers:DDIMScheduler", "--config", "thresholding=true", "--config",
+                 "sample_max_value=1.5", "--checks", "ddim", "--max-examples", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "x0 thresholded: DynamicThreshold(ratio=0.995, max_value=1.5)" in out
+    assert "PASS  DDIM step" in out
+    err = _usage_error(["diffusers:DDPMScheduler", "--config", "variance_type=learned",
+                        "--checks", "loop"], capsys)
+    assert "--checks loop does not apply to diffusers:DDPMScheduler" in err
+
+
+LEARNED_BUG = textwrap.dedent("""
+    import math
+    import numpy as np
+    import refdiff as rd
+
+    AB = rd.linear_schedule(1000).alphas_cumprod
+
+    def ddpm_step(x_t, eps, t, t_prev, *, var_values, noise, num_inference_steps):
+        a_t, a_prev = AB[t], (AB[t_prev] if t_prev >= 0 else 1.0)
+        beta = 1 - a_t / a_prev
+        x0 = (x_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+        mean = (math.sqrt(a_prev) * beta * x0 + math.sqrt(1 - beta) * (1 - a_prev) * x_t) / (1 - a_t)
+        if t_prev < 0:
+            return mean
+        frac = var_values  # bug: (var_values + 1) / 2
+        log_var = frac * math.log(beta) + (1 - frac) * math.log((1 - a_prev) / (1 - a_t) * beta)
+        return mean + np.exp(0.5 * log_var) * noise
+
+    def ddim_step(x_t, eps, t, t_prev, *, eta, noise, num_inference_steps):
+        a_t, a_prev = AB[t], (AB[t_prev] if t_prev >= 0 else 1.0)
+        x0 = (x_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+        s = np.clip(np.quantile(np.abs(x0.reshape(len(x0), -1)), 0.95, axis=1), 1.0, 1.5)
+        x0 = np.clip(x0, -s.reshape((-1,) + (1,) * (x0.ndim - 1)),
+                     s.reshape((-1,) + (1,) * (x0.ndim - 1)))  # bug: not divided by s
+        var = eta**2 * (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+        x = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - var, 0.0)) * eps
+        return x + math.sqrt(var) * noise if t_prev >= 0 else x
+""")
+
+
+def test_learned_variance_and_threshold_bugs_are_caught(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_learned.py").write_text(LEARNED_BUG)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_learned", raising=False)
+    assert main(["check", "my_learned:ddpm_step", "--checks", "ddpm_learned"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  DDPM step, learned variance" in out and "var_values = " in out
+    assert "candidate(x_t, eps, t, t_prev, noise=noise, var_values=var_values" in out
+    assert main(["check", "my_learned:ddim_step", "--checks", "ddim", "--option",
+                 "clip_x0=dynamic:0.95:1.5", "--option", "rederive_eps=False"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  DDIM step" in out and "from refdiff.thresholding import DynamicThreshold" in out
+    assert "clip_x0=DynamicThreshold(ratio=0.95, max_value=1.5)" in out
+    sys.modules.pop("my_learned", None)
 
 
 @pytest.mark.parametrize("args,message", FUNCTION_ERRORS, ids=[" ".join(a) for a, _ in FUNCTION_ERRORS])

@@ -13,7 +13,7 @@ diffusers = pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")
 
 import refdiff as rd  # noqa: E402
-from refdiff.testing import check_schedule, references as R  # noqa: E402
+from refdiff.testing import check_schedule, mutants as M, references as R  # noqa: E402
 from refdiff.testing.diffusers_adapters import (MATH, DiffusersScheduler,  # noqa: E402
                                                 check_configured_timesteps, run_checks)
 from refdiff.testing.tolerance import to_numpy  # noqa: E402
@@ -143,8 +143,80 @@ def test_configured_timesteps_use_the_offset():
     ({"num_train_timesteps": -5}, "num_train_timesteps=-5: must be >= 2"),
     ({"beta_schedule": "sigmoid"}, "beta_schedule='sigmoid': not mapped"),
     ({"clip_sample": "yes"}, "clip_sample='yes': expected True or False"),
-    ({"thresholding": True}, "thresholding=True: not mapped"),
+    ({"thresholding": True, "sample_max_value": 0.5},
+     "sample_max_value=0.5: not mapped onto refdiff with thresholding=True"),
+    ({"thresholding": True, "dynamic_thresholding_ratio": 0.0},
+     "dynamic_thresholding_ratio=0.0: not mapped onto refdiff with thresholding=True"),
 ])
 def test_unmappable_configurations_are_refused(config, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         DiffusersScheduler("DDIMScheduler", **config)
+
+
+# -- learned variances and dynamic thresholding ------------------------------------------------
+
+@pytest.mark.parametrize("variance_type", ["learned_range", "learned"])
+def test_learned_variances_map_onto_the_learned_check(variance_type):
+    """learned_range is IDDPM Eq. 15 as refdiff computes it; diffusers' "learned" reads its
+    channel as σ², so the adapter passes exp(v) for refdiff's log σ² (and both pass)."""
+    adapter = DiffusersScheduler("DDPMScheduler", variance_type=variance_type)
+    assert adapter.checks() == ("schedule", "timesteps", "ddpm_learned")  # no loop: ε only
+    assert adapter.conventions("ddpm_learned")["variance_type"] == variance_type
+    (result,) = run_checks(adapter, ["ddpm_learned"], max_examples=60)
+    assert result.passed and result.name == "DDPM step, learned variance", result.report()
+
+
+@pytest.mark.parametrize("name,check", [("DDIMScheduler", "ddim"), ("DDPMScheduler", "ddpm")])
+def test_thresholding_maps_onto_a_dynamic_threshold(name, check):
+    """thresholding=True with DeepFloyd IF's ratio 0.95 and sample_max_value 1.5: diffusers'
+    _threshold_sample (torch.quantile) passes refdiff's step check at the float64 bound."""
+    adapter = DiffusersScheduler(name, thresholding=True, dynamic_thresholding_ratio=0.95,
+                                 sample_max_value=1.5)
+    assert adapter.conventions(check)["clip_x0"] == M.DynamicThreshold(0.95, 1.5)
+    (result,) = run_checks(adapter, [check], max_examples=60)
+    assert result.passed, result.report()
+
+
+class _ChannelFirst(DiffusersScheduler):
+    """A learned-variance adapter that stacks the variance channel before ε: a layout slip."""
+
+    def ddpm_learned_step(self, x_t, eps, t, t_prev, *, var_values, noise, num_inference_steps):
+        return super().ddpm_learned_step(x_t, var_values, t, t_prev, var_values=eps,
+                                         noise=noise, num_inference_steps=num_inference_steps)
+
+
+class _Unthresholded(DiffusersScheduler):
+    """Claims thresholding=True but runs diffusers without it (static clip to [-1, 1])."""
+
+    def _scheduler(self, **overrides):
+        return super()._scheduler(**{"thresholding": False, **overrides})
+
+
+@pytest.mark.parametrize("adapter", [
+    _ChannelFirst("DDPMScheduler", variance_type="learned_range"),
+    _Unthresholded("DDIMScheduler", thresholding=True, sample_max_value=1.5)],
+    ids=["learned channel first", "threshold claimed, not applied"])
+def test_a_wrong_candidate_is_caught_as_math(adapter):
+    (result,) = run_checks(adapter, [adapter._step_check()], max_examples=60)
+    assert not result.passed and result.classification == MATH, result.report()
+    assert "DiffusersScheduler(" in result.reproduction
+
+
+def test_learned_range_adds_noise_on_a_last_step_above_zero():
+    """Trailing spacing: the last step from t = 999 to alpha_bar = 1 gets noise with
+    σ² = exp(frac·log β' + (1 − frac)·log 1e-20), replayed and named."""
+    result = results("DDPMScheduler", ["ddpm_learned"], variance_type="learned_range",
+                     timestep_spacing="trailing")["DDPM step, learned variance"]
+    assert not result.passed and result.counterexample["t_prev"] == -1
+    assert "diffusers' DDPM step adds noise whenever t > 0" in result.classification
+
+
+def test_thresholding_needs_three_axes_in_diffusers():
+    """diffusers' _threshold_sample reshapes to channels * np.prod(remaining_dims), a NumPy
+    float when there is no remaining axis: torch refuses it for (B, C) samples. The adapter
+    passes (B, C, 1) (the same per-sample threshold)."""
+    sched = diffusers.DDIMScheduler(thresholding=True, sample_max_value=1.5)
+    with pytest.raises(TypeError, match="tuple of ints"):
+        sched._threshold_sample(torch.ones(2, 3, dtype=torch.float64))
+    three = sched._threshold_sample(3 * torch.ones(2, 3, 1, dtype=torch.float64))
+    assert torch.equal(three, torch.ones(2, 3, 1, dtype=torch.float64))  # 3 → s = 1.5 → 1

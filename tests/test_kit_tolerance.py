@@ -18,6 +18,7 @@ from refdiff.testing import bounds as B
 from refdiff.testing import corpus as K
 from refdiff.testing import mutants as M
 from refdiff.testing import references as R
+from refdiff.thresholding import dynamic_threshold
 
 SCHED = rd.linear_schedule(1000)
 AB = SCHED.alpha_bar
@@ -195,3 +196,85 @@ def test_loop_bound_holds_and_is_not_vacuous(backend, dtype, most):
                        eta=0.5)
         assert_close(got, expected, dtype=dtype, bound=bound)
         assert float(np.max(bound)) < most
+
+
+# -- learned variances and dynamic thresholding ------------------------------------------------
+
+def _learned_sigma(v, levels, variance_type):
+    """σ of IDDPM Eq. 15 ("learned_range") or exp(v/2) ("learned") in float64, from
+    (ᾱ_t, 1−ᾱ_t, ᾱ_prev, 1−ᾱ_prev) given separately."""
+    a_t, c_t, a_p, c_p = levels
+    if variance_type == "learned":
+        return np.exp(v / 2)
+    beta = 1 - a_t / a_p
+    frac = (v + 1) / 2
+    return np.exp((frac * np.log(beta) + (1 - frac) * np.log(max(c_p * beta / c_t, 1e-20))) / 2)
+
+
+@pytest.mark.parametrize("t,t_prev", [(999, 998), (999, 0), (500, 250), (10, 9), (999, -1)])
+@pytest.mark.parametrize("variance_type", ["learned_range", "learned"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_learned_noise_error_covers_every_perturbation(t, t_prev, variance_type, dtype):
+    """The σ·z term's input error is sound: v, z, ᾱ and 1 − ᾱ perturbed within their
+    rounding move σ·z by at most its error (t_prev = −1: ᾱ_prev = 1, β̃ at the floor)."""
+    rng = np.random.default_rng(t + 3 * t_prev)
+    p = B.Precision(dtype)
+    v = rng.uniform(-1.25, 1.25, 6) if variance_type == "learned_range" else rng.uniform(-20, 1, 6)
+    z = rng.uniform(-3, 3, 6)
+    exact = t_prev < 0
+    ab_t, ab_p = AB(t), 1.0 if exact else AB(t_prev)
+    A_t, C_t = p.alpha_bar(ab_t, index=t)
+    A_p, C_p = p.alpha_bar(ab_p, exact, max(t_prev, 0))
+    _, _, beta_tilde, beta = B._posterior_coefficients(A_t, C_t, A_p, C_p)
+    out = B._learned_noise(p, p.array(v), beta_tilde, beta, variance_type, p.array(z))
+    base = _learned_sigma(v, (ab_t, 1 - ab_t, ab_p, 1 - ab_p), variance_type) * z
+    assert np.allclose(out.v, base, rtol=1e-12, atol=0)
+    worst = np.zeros_like(base)
+    for _ in range(200):
+        s = rng.choice([-1.0, 1.0], size=6)
+        levels = (ab_t + s[0] * A_t.e, 1 - ab_t + s[1] * C_t.e, ab_p + s[2] * A_p.e,
+                  1 - ab_p + s[3] * C_p.e)
+        moved = _learned_sigma(v * (1 + s[4] * p.u), levels, variance_type) * z * (1 + s[5] * p.u)
+        worst = np.maximum(worst, np.abs(moved - base))
+    assert np.all(worst <= out.error() * (1 + 1e-6) + 1e-300)
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (3, 2, 4, 4), (1, 3, 64, 64)])
+@pytest.mark.parametrize("threshold", [(0.95, 1.5), (0.995, math.inf), (0.5, math.inf)])
+def test_threshold_bound_covers_torch_float32_quantile(shape, threshold):
+    """torch.quantile in float32 forms the rank p·(N − 1) in float32 (up to ~40 ulp from the
+    float64 rank's quantile at N = 12288): the bound's rank term covers it, and the bound
+    stays small (x̂_0 of size ~3: below 1e-4)."""
+    torch = pytest.importorskip("torch")
+    th = M.DynamicThreshold(*threshold)
+    target = Target("torch", "float32")
+    rng = np.random.default_rng(len(shape))
+    x0 = target.rounded(rng.standard_normal(shape) * 3)
+    got = M.hand_threshold(target.put(x0), th)
+    assert got.dtype == torch.float32
+    expected = dynamic_threshold(x0, th.ratio, th.max_value)
+    p = B.Precision("float32")
+    bound = B._threshold(p.array(x0), th).bound()
+    assert_close(got, expected, dtype="float32", bound=bound)
+    assert float(np.max(bound)) < 1e-4
+
+
+def test_learned_and_threshold_slips_exceed_the_bound():
+    """Not vacuous at an ordinary respaced step in float32: frac = v, the logs swapped, no
+    division by s are each far above the bound."""
+    x, eps, z = np.array([[0.5, -1.0, 2.0]]), np.array([[1.0, 0.25, -0.5]]), np.array([[1.0, -1.0, 0.5]])
+    v = np.array([[-0.5, 0.25, 1.1]])
+    t, t_prev = 600, 200
+    for wrong in (M.hand_ddpm_learned(SCHED, frac="v"), M.hand_ddpm_learned(SCHED, logs="swapped")):
+        got = wrong(x, eps, t, t_prev, var_values=v, noise=z, num_inference_steps=5)
+        ref = R.ddpm_step(x, eps, t, t_prev, z, variance_type="learned_range", var_values=v)
+        bound = B.ddpm_step(x, eps, z, AB(t), AB(t_prev), "float32", var_values=v,
+                            variance_type="learned_range", t=t, t_prev=t_prev)
+        assert np.max(np.abs(got - ref) / bound) > 100
+    th = M.THRESHOLD
+    x, eps = np.array([[0.9, -1.4, 1.3, 0.2]]), np.array([[0.1, 0.2, -0.1, 0.0]])
+    got = M.hand_ddim(SCHED, threshold=th, threshold_bug="no_divide")(
+        x, eps, 20, 10, eta=0.0, noise=z[:, :1] * 0, num_inference_steps=50)
+    ref = R.ddim_step(x, eps, 20, 10, clip_x0=th)
+    bound = B.ddim_step(x, eps, None, AB(20), AB(10), "float32", clip_x0=th, t=20, t_prev=10)
+    assert np.max(np.abs(got - ref) / bound) > 100

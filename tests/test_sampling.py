@@ -242,3 +242,29 @@ def test_torch_loop_matches_numpy_and_keeps_dtype():
     gen_out = [rd.sample(lambda x, t, c: x * 0.1, torch.ones(2, 2), SCH, sampler="ddpm",
                          num_inference_steps=5, generator=7) for _ in range(2)]
     assert torch.equal(gen_out[0], gen_out[1])
+
+
+def test_an_analytic_gradient_alone_guides():
+    """Guidance(grad_log_prob=...) needs no classifier: it guides, and equals the run that
+    also passes a (never called) classifier."""
+    sch, x = rd.linear_schedule(1000), np.ones((1, 2))
+    model = lambda z, t, c: 0.1 * z  # noqa: E731
+    grad = lambda z, t: z * 0 + 1  # noqa: E731
+    plain = rd.sample(model, x, sch, num_inference_steps=3)
+    alone = rd.sample(model, x, sch, num_inference_steps=3,
+                      guidance=rd.Guidance(grad_log_prob=grad, classifier_scale=2.0))
+    both = rd.sample(model, x, sch, num_inference_steps=3,
+                     guidance=rd.Guidance(classifier=lambda z, t: None, grad_log_prob=grad,
+                                          classifier_scale=2.0))
+    assert not np.array_equal(alone, plain)
+    assert np.array_equal(alone, both)
+
+
+def test_a_classifier_scale_without_classifier_is_refused():
+    with pytest.raises(ValueError, match="classifier_scale is nonzero but neither"):
+        rd.sample(lambda z, t, c: z, np.ones((1, 2)), rd.linear_schedule(1000),
+                  num_inference_steps=3, guidance=rd.Guidance(classifier_scale=1.0))
+    with pytest.raises(TypeError, match="Guidance.grad_log_prob must be callable"):
+        rd.sample(lambda z, t, c: z, np.ones((1, 2)), rd.linear_schedule(1000),
+                  num_inference_steps=3, guidance=rd.Guidance(grad_log_prob=np.ones(2),
+                                                               classifier_scale=1.0))

@@ -26,18 +26,20 @@ from refdiff.testing._engine import CheckResult
 from refdiff.testing.checks import (Target, check_cfg, check_classifier_guidance,
                                     check_posterior, check_q_sample, check_schedule,
                                     check_timesteps)
-from refdiff.testing.step_checks import (check_ddim_step, check_ddpm_step,
-                                         check_sampling_loop, default_model)
+from refdiff.testing.step_checks import (check_ddim_step, check_ddpm_learned_variance,
+                                         check_ddpm_step, check_sampling_loop, default_model)
 from refdiff.testing.tolerance import RTOL, ConformanceError, assert_close
 
 CHECKS = {
     "schedule": check_schedule, "timesteps": check_timesteps, "q_sample": check_q_sample,
-    "posterior": check_posterior, "ddpm": check_ddpm_step, "ddim": check_ddim_step,
+    "posterior": check_posterior, "ddpm": check_ddpm_step,
+    "ddpm_learned": check_ddpm_learned_variance, "ddim": check_ddim_step,
     "cfg": check_cfg, "classifier_guidance": check_classifier_guidance,
     "loop": check_sampling_loop,
 }
 
 __all__ = ["CHECKS", "RTOL", "CheckResult", "ConformanceError", "Target", "assert_close",
-           "check_cfg", "check_classifier_guidance", "check_ddim_step", "check_ddpm_step",
+           "check_cfg", "check_classifier_guidance", "check_ddim_step",
+           "check_ddpm_learned_variance", "check_ddpm_step",
            "check_posterior", "check_q_sample", "check_sampling_loop", "check_schedule",
            "check_timesteps", "default_model", "strategies"]

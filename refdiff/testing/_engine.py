@@ -3,9 +3,11 @@
 A check is a strategy of examples plus a ``trial(example)`` that runs the candidate and the
 reference and raises :class:`~refdiff.testing.tolerance.ConformanceError` on a disagreement.
 :func:`run` searches with Hypothesis (deterministic by default: ``derandomize``; or a given
-``seed``), lets it shrink the first failure to a minimal example, and returns a
-:class:`CheckResult` with that example, both outputs, the size of the difference, the number
-of examples and the time it took to hit the first failure, and a copy-paste reproduction.
+``seed``; the constants Hypothesis mines from source are the kit's own, so the examples do
+not depend on other code that happens to be loaded), lets it shrink the first failure to a
+minimal example, and returns a :class:`CheckResult` with that example, both outputs, the size
+of the difference, the number of examples and the time it took to hit the first failure, and
+a copy-paste reproduction.
 
 References
 ----------
@@ -171,6 +173,62 @@ def scratch_storage():
             configuration.set_hypothesis_home_dir(previous)
 
 
+_KIT_CONSTANTS: list = []  # the pool of _kit_constants, built on first use
+
+
+def _kit_constants(providers):
+    """The literals of this package's own source files (refdiff/testing/*.py, in sorted
+    order), as Hypothesis' constant pool: fixed for a given version of the kit."""
+    if not _KIT_CONSTANTS:
+        import pathlib
+
+        from hypothesis.internal.constants_ast import _constants_from_source
+        from sortedcontainers import SortedSet
+
+        from hypothesis.internal.floats import float_to_int
+
+        pool = providers.Constants(integers=SortedSet(), floats=SortedSet(key=float_to_int),
+                                   bytes=SortedSet(), strings=SortedSet())
+        for path in sorted(pathlib.Path(__file__).parent.glob("*.py")):
+            try:
+                pool = pool | _constants_from_source(path.read_bytes(), limit=True)
+            except Exception:  # noqa: BLE001 - a file Hypothesis cannot parse adds nothing
+                continue
+        _KIT_CONSTANTS.append(pool)
+    return _KIT_CONSTANTS[0]
+
+
+@contextlib.contextmanager
+def _kit_constants_only():
+    """Draw Hypothesis' "local constants" from the kit's own source, not from whatever is
+    loaded.
+
+    Hypothesis (6.131+) now and then draws a literal it found in the source of any local
+    module loaded in the process (refdiff's, the tests', the caller's). The "derandomized"
+    search then depends on the text of unrelated code and on which modules happen to be
+    imported: an edit anywhere, or running one test instead of the suite, changes the
+    examples. Inside this block the pool is the literals of refdiff/testing/*.py (boundary
+    values such as 0.5, 1e-20, 1000 keep their pull), the same whatever else is loaded, so a
+    check searches the same examples for the same kit and code under test. The cache of
+    permitted constants is cleared on entry and exit. A Hypothesis without this mechanism
+    is left as it is.
+    """
+    try:
+        from hypothesis.internal.conjecture import providers
+        original, cache = providers._get_local_constants, providers.CONSTANTS_CACHE.cache
+        pool = _kit_constants(providers)
+    except (ImportError, AttributeError):  # another Hypothesis: nothing to do
+        yield
+        return
+    cache.clear()
+    providers._get_local_constants = lambda: pool
+    try:
+        yield
+    finally:
+        providers._get_local_constants = original
+        cache.clear()
+
+
 class _Failure(Exception):
     pass
 
@@ -203,7 +261,7 @@ def run(name: str, strategy, trial: Callable[[Any], None], *, describe: Callable
     test = _settings(max_examples, seed)(given(strategy)(inner))
     if seed is not None:
         test = hseed(seed)(test)
-    with reporting.with_reporter(lambda *_: None):
+    with reporting.with_reporter(lambda *_: None), _kit_constants_only():
         try:
             test()
         except _Failure:

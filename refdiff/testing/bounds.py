@@ -44,6 +44,10 @@ so rounding that moves an element across the clip boundary is covered without tr
 boundary specially. Square roots take the exact worst case over the input
 interval, so an argument near 0 (the DDIM direction coefficient at η = 1) never divides by 0.
 
+A learned variance (IDDPM Eq. 15, :func:`_learned_noise`) and Imagen's dynamic thresholding
+of x̂_0 (:func:`_threshold`) are bounded where they act; the derivations are in their
+docstrings.
+
 Each public function takes the float64 values the check passes to the reference (arrays
 already rounded to the dtype; ᾱ values as Python floats) and returns the bound as a float64
 array of the output's shape (:func:`posterior` also returns the variance's bound).
@@ -63,6 +67,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from refdiff.thresholding import DynamicThreshold
+
 UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11,
                  "bfloat16": 2.0**-8}
 # the smallest subnormal (η of the standard model is half of it; 2**-1075 is 0 in float64)
@@ -72,6 +78,8 @@ UNDERFLOW = {"float64": 2.0**-1074, "float32": 2.0**-149, "float16": 2.0**-24,
 SMALLEST_NORMAL = {"float64": 2.0**-1022, "float32": 2.0**-126, "float16": 2.0**-14,
                    "bfloat16": 2.0**-126}
 SAFETY = 2.0
+BETA_TILDE_FLOOR = 1e-20  # β̃ is floored here inside log β̃ (diffusers, refdiff): learned_range
+LEARNED_VARIANCES = ("learned", "learned_range")
 
 
 class Precision:
@@ -180,6 +188,21 @@ class Level:
         v = math.sqrt(max(self.v, 0.0))
         return self._new(v, float(_sqrt_error(self.v, self.e)), self.e > 0)
 
+    def log(self) -> "Level":
+        """log of a positive level: the exact worst case over [v − e, v + e], which is at the
+        lower end (log is concave); inf when that interval reaches 0."""
+        lower = self.v - self.e
+        e = math.log(self.v) - math.log(lower) if lower > 0 else math.inf
+        return self._new(math.log(self.v), e, self.e > 0)
+
+    def floored(self, floor: float) -> "Level":
+        """max(v, floor), the floor a Python float rounded to the table's precision. max is
+        1-Lipschitz: above the floor the error is unchanged; below it the candidate's value
+        lies in [floor, v + e]."""
+        if self.v >= floor:
+            return Level(self.v, self.e + self.p.u_table * floor, self.p)
+        return Level(floor, max(self.v + self.e - floor, 0.0) + self.p.u_table * floor, self.p)
+
 
 class Array:
     """An array value ``v`` with the propagated input error ``e``, the |·|-evaluation
@@ -250,13 +273,117 @@ def _sqrt_error(v, e):
 # ----- the formulas -------------------------------------------------------------------------
 
 def _x0_hat(x: Array, eps: Array, a: Level, b: Level, clip_x0, rederive_eps: bool):
-    """x̂_0 = (x_t − √(1−ᾱ_t)·ε)/√ᾱ_t, clipped, and ε re-derived from it if asked."""
+    """x̂_0 = (x_t − √(1−ᾱ_t)·ε)/√ᾱ_t, clipped or thresholded, and ε re-derived from it if
+    asked."""
     x0 = (x - b * eps) / a                                          # DDPM Eq. 15
-    if clip_x0 is not None:
+    if isinstance(clip_x0, DynamicThreshold):
+        x0 = _threshold(x0, clip_x0)                                # Imagen §2.3
+    elif clip_x0 is not None:
         x0 = x0.clip(clip_x0)
         if rederive_eps:
             eps = (x - a * x0) / b                                  # DDPM Eq. 4 solved for ε
     return x0, eps
+
+
+def _threshold(x0: Array, threshold: DynamicThreshold) -> Array:
+    """Imagen's dynamic thresholding (arXiv:2205.11487v1 §2.3; :mod:`refdiff.thresholding`):
+    per sample b, s_b = clip(Q_p(|x̂_0,b|), 1, s_max) and y = clip(x̂_0, −s_b, s_b)/s_b, Q_p
+    the "linear" quantile (type 7) over the sample's N elements.
+
+    Let E be x̂_0's whole error (inputs and evaluation, :meth:`Array.error`). Then
+
+    - the quantile is a convex combination of two order statistics, and each order
+      statistic is 1-Lipschitz in the max-norm: the inputs move Q by at most max_b E
+      (the largest E of the sample);
+    - the rank h = p·(N − 1): a candidate may form it in its dtype (torch.quantile rounds p
+      to the dtype and forms p·(N − 1) there), within γ_2·h. Q is piecewise linear in h with
+      slopes the gaps a_(j+1) − a_(j) of the sorted |x̂_0|: it moves by at most γ_2·h times
+      the largest gap met in [h − γ_2·h, h + γ_2·h];
+    - the interpolation a_(lo) + f·d or a_(hi) − (1 − f)·d, d = a_(hi) − a_(lo): up to 4
+      roundings (f or 1 − f, d, the product, the sum) of terms ≤ a_(lo) + a_(hi): γ_4·(a_(lo) +
+      a_(hi));
+    - the clamp to [1, s_max] is 1-Lipschitz; s_max, a Python float, may be rounded to the
+      dtype: u·s. These four add to e_s;
+    - clip(x̂_0, −s, s) is 1-Lipschitz in (x̂_0, s) jointly in the max-norm: error max(E, e_s);
+    - the division by s (s ≥ 1): the worst case of a quotient, (max(E, e_s) + |y|·e_s)/(s −
+      e_s), then 2 roundings of y (the quotient; the cast back to float16 or bfloat16 after
+      a float32 computation, as refdiff and diffusers do): γ_2·|y|.
+
+    The whole error of x̂_0 is committed here (the result's error ``e`` holds it); the result
+    enters the rest of the step as an array of magnitude |y| ≤ 1.
+    """
+    p = x0.p
+    z, E = x0.v, x0.error()
+    batch = z.shape[0] if z.ndim else 1
+    a = np.sort(np.abs(z).reshape(batch, -1), axis=1)              # (B, N): sorted |x̂_0|
+    n = a.shape[1]
+    h = threshold.ratio * (n - 1)                                   # Hyndman & Fan def. 7
+    lo = math.floor(h)
+    hi, f = min(lo + 1, n - 1), h - lo
+    a_lo, a_hi = a[:, lo], a[:, hi]
+    q = a_lo + f * (a_hi - a_lo)                                    # (B,)
+    dh = p.gamma(2) * h
+    if n > 1:
+        j0, j1 = max(math.floor(h - dh), 0), min(math.floor(h + dh), n - 2)
+        steepest = np.diff(a, axis=1)[:, j0:j1 + 1].max(axis=1)
+    else:
+        steepest = np.zeros(batch)
+    e_q = E.reshape(batch, -1).max(axis=1) + dh * steepest + p.gamma(4) * (a_lo + a_hi)
+    s = np.clip(q, 1.0, threshold.max_value)
+    e_s = e_q + p.u * s
+    column = (batch,) + (1,) * max(z.ndim - 1, 0)
+    s, e_s = s.reshape(column), e_s.reshape(column)                 # (B, 1, ..., 1)
+    y = np.clip(z, -s, s) / s
+    slack = s - e_s
+    e_y = np.where(slack > 0, (np.maximum(E, e_s) + np.abs(y) * e_s)
+                   / np.where(slack > 0, slack, 1.0), np.inf)
+    return Array(y.reshape(z.shape), e_y.reshape(z.shape), np.abs(y).reshape(z.shape), 2, p)
+
+
+def _learned_noise(p: Precision, v: Array, beta_tilde: Level, beta: Level, variance_type: str,
+                   z: Array) -> Array:
+    """σ·z for a learned variance: σ² = exp(v) ("learned": v is log σ²) or IDDPM Eq. 15
+    ("learned_range": log σ² = X = frac·log β' + (1 − frac)·log β̃, frac = (v + 1)/2, β̃
+    floored at 1e-20 inside the log).
+
+    The variance enters the step only through σ·z, so what is needed is σ's relative error.
+
+    - The exponent X. Input errors: v's (its rounding u·|v|, or a model's error) times
+      |∂X/∂v| = |log β' − log β̃|/2; log β' and log β̃ as :meth:`Level.log` gives them (the
+      levels' errors e/(β − e), their computation in the table's precision u_t·|log|),
+      times |frac| and |1 − frac|. Evaluation in the dtype: the casts of the two logs, v + 1
+      (and /2, exact), 1 − frac, two products, one sum: at most 4 roundings along a path,
+      of terms no larger than M_X = (|frac| + |1 − frac| + (|v| + 1)/2)·(|log β'| + |log β̃|)
+      (the last term covers frac's own rounding, which moves both products): γ_4·M_X.
+      At the floor |log β̃| = 46.05: at t = 999 → ᾱ_prev = 1 in float32, M_X = 2·46.05 at
+      v = ±1 and e_X ≈ γ_4·92 ≈ 2.2e-5 plus the inputs' share, so σ is off by 1.3e-5
+      relative (v = −1; 0.9e-5 at v = 0): each rounding of log β̃ costs 46·u. In the step
+      checks no noise is added after the last listed timestep, the only step to ᾱ_prev = 1,
+      so the floor is reached there only by code that adds noise on that step.
+      "learned": X = v, no evaluation before the exponential.
+    - σ = exp(X/2): X off by e_X moves σ by at most expm1(e_X/2) relative (exp(X ± e_X) =
+      exp(X)·exp(±e_X), and the upper side is the larger); the exponential, the square root
+      (or diffusers' exp(0.5·X)) and the product of two powers (β'^frac·β̃^(1−frac)) add 3
+      roundings, 3u. σ² (or σ) may be subnormal in the dtype: √η absolute then.
+    - σ·z: the rounding of z (u·|z|) times σ, σ's error times |z|, and the product's
+      rounding (γ_1·σ·|z|, depth 1).
+    """
+    vv = v.v
+    if variance_type == "learned":
+        x, e_x = vv, v.e
+    else:
+        lo, hi = beta_tilde.floored(BETA_TILDE_FLOOR).log(), beta.log()  # log β̃, log β'
+        frac = (vv + 1.0) / 2.0                                     # IDDPM Eq. 15
+        x = frac * hi.v + (1.0 - frac) * lo.v
+        m_x = (np.abs(frac) + np.abs(1.0 - frac) + (np.abs(vv) + 1.0) / 2.0) * (
+            abs(hi.v) + abs(lo.v))
+        e_x = (np.abs(frac) * hi.e + np.abs(1.0 - frac) * lo.e + abs(hi.v - lo.v) / 2.0 * v.e
+               + p.gamma(4) * m_x)
+    sigma = np.exp(x / 2.0)
+    rel = np.expm1(e_x / 2.0) + 3.0 * p.u
+    e_sigma = sigma * rel + np.sqrt(p.underflow(sigma**2, sigma**2 * rel, True))
+    e = sigma * z.e + np.abs(z.v) * e_sigma + e_sigma * z.e
+    return Array(sigma * z.v, e, sigma * np.abs(z.v), 1, p)
 
 
 def q_sample(x0, eps, alpha_bar: float, dtype: str, *, t: int | None = None) -> np.ndarray:
@@ -306,34 +433,46 @@ def ddim_step(x_t, eps, noise, alpha_bar_t: float, alpha_bar_prev: float, dtype:
               prev_exact: bool = False, t: int | None = None,
               t_prev: int | None = None) -> np.ndarray:
     """Bound for x_prev = √ᾱ_prev·x̂_0 + √(1−ᾱ_prev−σ²)·ε + σ·z (DDIM Eqs. 12, 16);
-    ``noise`` None when the step adds none; ``t``, ``t_prev``: table indices of the ᾱ."""
+    ``noise`` None when the step adds none; ``clip_x0`` a bound b (clip to [−b, b]) or a
+    :class:`~refdiff.thresholding.DynamicThreshold`; ``t``, ``t_prev``: table indices of
+    the ᾱ."""
     p = Precision(dtype)
     return _ddim(p, p.array(x_t), p.array(eps), noise, alpha_bar_t, alpha_bar_prev, eta,
                  clip_x0, rederive_eps, prev_exact, t, t_prev).bound()
 
 
 def _ddpm(p: Precision, x: Array, eps: Array, noise, ab_t: float, ab_prev: float,
-          variance_type: str, clip_x0, prev_exact: bool, t=None, t_prev=None) -> Array:
+          variance_type: str, clip_x0, prev_exact: bool, t=None, t_prev=None,
+          var_values: Array | None = None) -> Array:
     A_t, C_t = p.alpha_bar(ab_t, index=t)
     A_p, C_p = p.alpha_bar(ab_prev, prev_exact, t_prev)
     x0, _ = _x0_hat(x, eps, A_t.sqrt(), C_t.sqrt(), clip_x0, rederive_eps=False)
     c0, ct, beta_tilde, beta = _posterior_coefficients(A_t, C_t, A_p, C_p)
     out = c0 * x0 + ct * x                                          # DDPM Eq. 7 at x̂_0
-    if noise is not None:
+    if noise is not None and variance_type in LEARNED_VARIANCES:
+        out = out + _learned_noise(p, var_values, beta_tilde, beta, variance_type,
+                                   p.array(noise))                  # IDDPM Eq. 15
+    elif noise is not None:
         var = beta_tilde if variance_type == "fixed_small" else beta
         out = out + var.sqrt() * p.array(noise)                     # Algorithm 2, line 4
     return out
 
 
 def ddpm_step(x_t, eps, noise, alpha_bar_t: float, alpha_bar_prev: float, dtype: str, *,
-              variance_type: str = "fixed_small", clip_x0=None,
+              variance_type: str = "fixed_small", var_values=None, clip_x0=None,
               prev_exact: bool = False, t: int | None = None,
               t_prev: int | None = None) -> np.ndarray:
-    """Bound for x_prev = c0·x̂_0 + ct·x_t + σ·z, σ² = β̃ or β' (DDPM Algorithm 2); options
-    as in :func:`ddim_step`."""
+    """Bound for x_prev = c0·x̂_0 + ct·x_t + σ·z, σ² = β̃ or β' (DDPM Algorithm 2), or from
+    the model's variance channel ``var_values`` for ``variance_type`` "learned" (σ² =
+    exp(v)) and "learned_range" (IDDPM Eq. 15); ``clip_x0`` a bound or a
+    :class:`~refdiff.thresholding.DynamicThreshold`; other options as in :func:`ddim_step`."""
     p = Precision(dtype)
+    learned = variance_type in LEARNED_VARIANCES
+    if learned and var_values is None:
+        raise ValueError(f"variance_type={variance_type!r} needs var_values=")
     return _ddpm(p, p.array(x_t), p.array(eps), noise, alpha_bar_t, alpha_bar_prev,
-                 variance_type, clip_x0, prev_exact, t, t_prev).bound()
+                 variance_type, clip_x0, prev_exact, t, t_prev,
+                 p.array(var_values) if learned else None).bound()
 
 
 def cfg(eps_uncond, eps_cond, scale: float, dtype: str) -> np.ndarray:
@@ -409,7 +548,9 @@ def sampling_loop(model: Callable, x_T, timesteps: Sequence[int], noises, alpha_
     x = np.asarray(x_T, dtype=np.float64)
     err = p.u * np.abs(x)
     ts = list(timesteps)
-    elementwise = bool(getattr(model, "elementwise", False))
+    # dynamic thresholding couples the elements of a sample (its quantile): full Jacobian
+    elementwise = bool(getattr(model, "elementwise", False)) and not isinstance(
+        clip_x0, DynamicThreshold)
     for i, t in enumerate(ts):
         last = i + 1 == len(ts)
         ab_t, t_prev = alpha_bar(t), 0 if last else ts[i + 1]

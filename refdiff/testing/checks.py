@@ -115,6 +115,8 @@ def snippet(ref_call: str, cand_call: str, example: dict, schedule_src: str | No
     (``bound_call``) the check's error bound for ``dtype``."""
     lines = ["import numpy as np", "import refdiff as rd",
              "from refdiff.testing import bounds as B, references as R, assert_close"]
+    if "DynamicThreshold(" in ref_call + (bound_call or ""):
+        lines.append("from refdiff.thresholding import DynamicThreshold")
     if schedule_src:
         lines.append(f"schedule = {schedule_src}")
     lines += [f"{k} = {literal(v)}" for k, v in example.items()]

@@ -8,7 +8,8 @@ Targets:
   conventions it implies), and each failure is classified as a finding about diffusers (a
   known convention) or a disagreement in the math.
 - ``module:function``: your own function with the adapter signature of the check chosen with
-  ``--checks`` (a function whose first parameter is named ``schedule`` gets the check's
+  ``--checks`` (``ddpm_learned``: the DDPM step with a learned variance, the variance channel
+  as ``var_values=``; ``--option clip_x0=dynamic:0.995:1.5``: dynamic thresholding) (a function whose first parameter is named ``schedule`` gets the check's
   schedule bound to it, so ``refdiff.testing.references:ddim_step`` works as a target). The
   current directory is put first on ``sys.path`` while the command runs, as ``python -m``
   does, so a module of the directory you run in is found first.
@@ -43,11 +44,14 @@ from typing import Any, Callable
 
 from refdiff.cli import UsageError
 
-SCHEDULE_CHECKS = ("q_sample", "posterior", "ddpm", "ddim", "classifier_guidance", "loop")
-ARRAY_CHECKS = ("q_sample", "posterior", "ddpm", "ddim", "cfg", "classifier_guidance", "loop")
+SCHEDULE_CHECKS = ("q_sample", "posterior", "ddpm", "ddpm_learned", "ddim",
+                   "classifier_guidance", "loop")
+ARRAY_CHECKS = ("q_sample", "posterior", "ddpm", "ddpm_learned", "ddim", "cfg",
+                "classifier_guidance", "loop")
 # keyword arguments of a check that the command line sets itself, not through --option
 STRUCTURAL = ("schedule", "target", "max_examples", "seed", "model")
 EXTRAS = {"diffusers": "diffusers", "torch": "torch", "array_api_strict": "test"}
+FIXED, LEARNED = ("fixed_small", "fixed_large"), ("learned", "learned_range")
 
 
 def _is_int(v: Any) -> bool:
@@ -74,6 +78,20 @@ def _when(test: Callable[[Any], bool], convert: Callable = lambda v: v) -> Calla
     return lambda v: convert(v) if test(v) else INVALID
 
 
+def _clip(v: Any) -> Any:
+    """``clip_x0``: None, a number > 0, or ``dynamic[:RATIO[:MAX]]`` (a DynamicThreshold;
+    MAX may be ``inf``)."""
+    if v is None or (_is_real(v) and v > 0):
+        return v
+    if not isinstance(v, str) or v.split(":")[0] != "dynamic" or v.count(":") > 2:
+        return INVALID
+    from refdiff.thresholding import DynamicThreshold
+    try:
+        return DynamicThreshold(*(float(f) for f in v.split(":")[1:]))
+    except (TypeError, ValueError):
+        return INVALID
+
+
 def _option_values() -> dict[str, tuple[str, Callable[[Any], Any]]]:
     """option -> (what it takes, a converter returning the value or INVALID)."""
     import refdiff as rd
@@ -88,9 +106,10 @@ def _option_values() -> dict[str, tuple[str, Callable[[Any], Any]]]:
     boolean = ("True or False", _when(lambda v: isinstance(v, bool)))
     return {
         "eta": ("a number in [0, 1]", _when(lambda v: _is_real(v) and 0 <= v <= 1, float)),
-        "variance_type": one_of("fixed_small", "fixed_large"),
+        "variance_type": one_of("fixed_small", "fixed_large", "learned", "learned_range"),
         "final_alpha_bar": one_of("one", "alpha_bar_0"),
-        "clip_x0": ("None or a number > 0", _when(lambda v: v is None or (_is_real(v) and v > 0))),
+        "clip_x0": ("None, a number > 0 or dynamic:RATIO:MAX (RATIO in (0, 1], MAX >= 1 or "
+                    "inf)", _clip),
         "rederive_eps": boolean, "exact_ends": boolean,
         "offset": integer(0), "max_steps": integer(1), "T": integer(1), "max_T": integer(1),
         "min_T": integer(2), "sampler": one_of("ddim", "ddpm"),
@@ -251,6 +270,12 @@ def _options(items: list[str], checks: list[str], accepted: Callable[[str], set]
         for key in {"ddim": ("variance_type",), "ddpm": ("eta", "rederive_eps")}[sampler]:
             if key in out["loop"]:
                 raise UsageError(f"--option {key}: not an option of the {sampler} loop")
+    for check, allowed in (("ddpm", FIXED), ("loop", FIXED), ("ddpm_learned", LEARNED)):
+        value = out.get(check, {}).get("variance_type")
+        if value is not None and value not in allowed:
+            other = "ddpm_learned" if check != "ddpm_learned" else "ddpm"
+            raise UsageError(f"--option variance_type={value}: check {check!r} takes "
+                             f"{' or '.join(allowed)} (use --checks {other})")
     return out
 
 
@@ -283,9 +308,15 @@ def _run_diffusers(args) -> list:
     options = _options(args.option, checks, fixed=adapter.conventions,
                        accepted=lambda c: set() if c == "timesteps" else _accepted(c))
     c = adapter.config
-    print(f"target: {adapter!r} (schedule {adapter.schedule_spec()!r}; timesteps: every n, "
-          f"{c['timestep_spacing']} spacing, steps_offset={c['steps_offset']}; step checks "
-          "on refdiff's float64 table; see docs/testing.md)")
+    notes = [f"schedule {adapter.schedule_spec()!r}",
+             f"timesteps: every n, {c['timestep_spacing']} spacing, steps_offset={c['steps_offset']}",
+             "step checks on refdiff's float64 table"]
+    if c.get("thresholding"):
+        notes.append(f"x0 thresholded: {adapter.conventions('ddim' if adapter.is_ddim else 'ddpm')['clip_x0']!r}")
+    if adapter.learned:
+        notes.append(f"variance_type={c['variance_type']!r}: step check ddpm_learned, no loop "
+                     "check (its model returns eps only)")
+    print(f"target: {adapter!r} ({'; '.join(notes)}; see docs/testing.md)")
     return run_checks(adapter, checks, max_examples=args.max_examples, seed=args.seed, **options)
 
 

@@ -17,6 +17,13 @@ coefficients in the precision those implementations use:
 - ``paper``: the paper's expressions evaluated in the dtype throughout: the arrays in the
   dtype, the coefficients computed from a table held in the dtype (float32 for float16 and
   bfloat16, where a table in the dtype is not correct: ᾱ_0 = 0.9999 rounds to 1);
+- learned variances (``ddpm_learned``): guided-diffusion's frac·max_log + (1 − frac)·min_log
+  with float64 logs and σ = exp(½·log σ²), diffusers' clamp(β̃, 1e-20) and logs computed in
+  the dtype from a table held there, and the product of powers β'^frac·β̃^(1−frac) in the
+  dtype;
+- dynamic thresholding (``clip_x0=THRESHOLD``): refdiff's, and in every other algebra a
+  quantile in diffusers' style, written with a sort: the rank p·(N − 1) formed in the dtype
+  (as torch.quantile does), a one-sided lerp, float16 and bfloat16 upcast to float32;
 - for CFG: refdiff's exact lerp, the plain ε_u + s·(ε_c − ε_u), the paper's
   (1 + w)·ε_c − w·ε_u, the scale as an array of the dtype; for classifier guidance:
   s·√(1−ᾱ) folded in float64 or applied in two products in the dtype.
@@ -50,6 +57,7 @@ import refdiff as rd
 from refdiff.testing import CHECKS, Target
 from refdiff.testing.checks import resolve_schedule
 from refdiff.testing.tolerance import ConformanceError, assert_close, observe, to_numpy
+from refdiff.thresholding import DynamicThreshold
 
 ROWS = (Target("numpy", "float64"), Target("numpy", "float32"), Target("torch", "float32"),
         Target("torch", "float16"), Target("torch", "bfloat16"),
@@ -112,7 +120,32 @@ class Levels:
 # ----- the algebras -------------------------------------------------------------------------
 
 def _clip(x, bound):
+    """Clip x̂_0 to [−b, b], or threshold it (``bound`` a DynamicThreshold)."""
+    if isinstance(bound, DynamicThreshold):
+        return threshold_rank_in_dtype(x, bound)
     return array_api_compat.array_namespace(x).clip(x, -bound, bound)
+
+
+def threshold_rank_in_dtype(x0, threshold: DynamicThreshold):
+    """Dynamic thresholding as diffusers' ``_threshold_sample`` computes it, with a sort in
+    place of torch.quantile: float16/bfloat16 upcast to float32, the rank p·(N − 1) formed in
+    the working dtype (torch.quantile's float32 rank), a one-sided lerp a_lo + f·(a_hi − a_lo),
+    s clamped to [1, s_max], clip to [−s, s], divide by s, cast back."""
+    xp = array_api_compat.array_namespace(x0)
+    dtype = x0.dtype
+    work = xp.float32 if dtype not in (xp.float32, xp.float64) else dtype
+    x = xp.astype(x0, work)
+    batch, n = x.shape[0], math.prod(x.shape[1:])
+    a = xp.sort(xp.abs(xp.reshape(x, (batch, n))), axis=1)
+    dev = array_api_compat.device(x)
+    h = xp.asarray(threshold.ratio, dtype=work, device=dev) * (n - 1)  # the rank, in the dtype
+    lo = int(math.floor(float(h)))
+    hi = min(lo + 1, n - 1)
+    f = h - lo
+    s = a[:, lo] + f * (a[:, hi] - a[:, lo])
+    s = xp.clip(s, 1.0, threshold.max_value)
+    s = xp.reshape(s, (batch,) + (1,) * (x.ndim - 1))
+    return xp.astype(xp.clip(x, -s, s) / s, dtype)
 
 
 def gd_x0_eps(x, eps, a_t, clip, rederive: bool = True):
@@ -218,6 +251,57 @@ def ddpm_folded(x, eps, noise, L, variance_type, clip, last):
     return out if last else out + _sqrt(var, x) * noise
 
 
+def learned_gd(x, eps, noise, v, L, variance_type, clip, last):
+    """guided-diffusion's p_mean_variance: min_log, max_log in float64 (cast by the product),
+    model_log_variance = frac·max_log + (1 − frac)·min_log, σ = exp(½·log σ²)."""
+    a_t, c_t, a_p, c_p = L
+    mean = ddpm_gd(x, eps, noise, L, "fixed_small", clip, True)
+    if last:
+        return mean
+    xp = array_api_compat.array_namespace(x)
+    beta = _beta_ratio(a_t, a_p)
+    if variance_type == "learned":
+        log_var = v
+    else:
+        max_log, min_log = math.log(beta), math.log(max(beta * c_p / c_t, 1e-20))
+        frac = (v + 1) / 2
+        log_var = frac * max_log + (1 - frac) * min_log
+    return mean + xp.exp(0.5 * log_var) * noise
+
+
+def learned_diffusers(x, eps, noise, v, L, variance_type, clip, last):
+    """diffusers' DDPMScheduler: β̃ clamped at 1e-20, both logs in the table's dtype,
+    exp(0.5·(frac·max_log + (1 − frac)·min_log)); "learned": v is σ², here exp(v)."""
+    a_t, c_t, a_p, c_p = L
+    mean = ddpm_diffusers(x, eps, noise, L, "fixed_small", clip, True)
+    if last:
+        return mean
+    xp = array_api_compat.array_namespace(x)
+    if variance_type == "learned":
+        return mean + xp.exp(v) ** 0.5 * noise
+    current_beta = 1.0 - a_t / a_p
+    variance = xp.clip(c_p / c_t * current_beta, min=1e-20)
+    min_log, max_log = xp.log(variance), xp.log(current_beta)
+    frac = (v + 1) / 2
+    return mean + xp.exp(0.5 * (frac * max_log + (1 - frac) * min_log)) * noise
+
+
+def learned_power(x, eps, noise, v, L, variance_type, clip, last):
+    """σ² = β'^frac·β̃^(1 − frac) (IDDPM Eq. 15 exponentiated), powers of 0-d arrays in the
+    dtype; "learned": σ = √exp(v)."""
+    a_t, c_t, a_p, c_p = L
+    mean = ddpm_paper(x, eps, noise, L, "fixed_small", clip, True)
+    if last:
+        return mean
+    xp = array_api_compat.array_namespace(x)
+    if variance_type == "learned":
+        return mean + xp.sqrt(xp.exp(v)) * noise
+    beta = _const(x, _beta_ratio(a_t, a_p))
+    beta_tilde = _const(x, max(_beta_ratio(a_t, a_p) * c_p / c_t, 1e-20))
+    frac = (v + 1) / 2
+    return mean + xp.sqrt(xp.pow(beta, frac) * xp.pow(beta_tilde, 1 - frac)) * noise
+
+
 def posterior_gd(x0, x_t, L):
     a_t, c_t, a_p, c_p = L
     beta = _beta_ratio(a_t, a_p)
@@ -258,6 +342,19 @@ def _ddpm_adapter(algebra, source, options):
 
         def step(x_t, eps, t, t_prev, *, noise, num_inference_steps):
             return algebra(x_t, eps, noise, levels.step(x_t, t, t_prev), vt, clip, t_prev < 0)
+        return step
+    return make
+
+
+def _learned_adapter(algebra, source, options):
+    clip, vt = options.get("clip_x0"), options.get("variance_type", "learned_range")
+
+    def make(schedule):
+        levels = Levels(schedule, source)
+
+        def step(x_t, eps, t, t_prev, *, var_values, noise, num_inference_steps):
+            return algebra(x_t, eps, noise, var_values, levels.step(x_t, t, t_prev), vt, clip,
+                           t_prev < 0)
         return step
     return make
 
@@ -326,6 +423,13 @@ def _refdiff_adapter(check, options):
                                     variance_type=options.get("variance_type", "fixed_small"),
                                     clip_x0=options.get("clip_x0"))
             return ddpm
+        if check == "ddpm_learned":
+            def learned(x_t, eps, t, t_prev, *, var_values, noise, num_inference_steps):
+                z = noise * 0.0 if t_prev < 0 else noise
+                return rd.ddpm_step(x_t, eps, ab(t), prev(t_prev), z, var_values=var_values,
+                                    variance_type=options.get("variance_type", "learned_range"),
+                                    clip_x0=options.get("clip_x0"))
+            return learned
         raise ValueError(check)
     return make
 
@@ -370,7 +474,19 @@ class Group:
         return self.label or self.check
 
 
+def _learned_variants(options: dict) -> tuple:
+    return (Variant("refdiff", _refdiff_adapter("ddpm_learned", options)),
+            Variant("guided-diffusion", _learned_adapter(learned_gd, "float64", options)),
+            Variant("diffusers, table in dtype", _learned_adapter(learned_diffusers, "table",
+                                                                  options), WIDE),
+            Variant("diffusers, float32 cumprod",
+                    _learned_adapter(learned_diffusers, "cumprod32", options), ("float32",)),
+            Variant("powers, in dtype", _learned_adapter(learned_power, "table", options)))
+
+
 def _step_variants(check: str, options: dict) -> tuple:
+    if check == "ddpm_learned":
+        return _learned_variants(options)
     if check == "ddim":
         ad, alg = _ddim_adapter, {"gd": ddim_gd, "diffusers": ddim_diffusers,
                                   "paper": ddim_paper, "folded": ddim_folded}
@@ -392,6 +508,8 @@ def _step_variants(check: str, options: dict) -> tuple:
 
 
 _CLIP = {"clip_x0": 1.0}
+# DeepFloyd IF's settings (diffusers' dynamic_thresholding_ratio=0.95, sample_max_value=1.5)
+THRESHOLD = DynamicThreshold(ratio=0.95, max_value=1.5)
 
 
 def _groups() -> list[Group]:
@@ -423,9 +541,14 @@ def _groups() -> list[Group]:
                         ({**_CLIP, "rederive_eps": False}, "ddim clip, model eps"),
                         ({"final_alpha_bar": "alpha_bar_0"}, "ddim to alpha_bar_0")]:
         groups.append(Group("ddim", opts, _step_variants("ddim", opts), label))
+    groups.append(Group("ddim", {"clip_x0": THRESHOLD, "rederive_eps": False},
+                        _step_variants("ddim", {"clip_x0": THRESHOLD, "rederive_eps": False}),
+                        "ddim threshold, model eps"))
     for opts, label in [({}, "ddpm"), ({"variance_type": "fixed_large"}, "ddpm fixed_large"),
-                        (_CLIP, "ddpm clip")]:
+                        (_CLIP, "ddpm clip"), ({"clip_x0": THRESHOLD}, "ddpm threshold")]:
         groups.append(Group("ddpm", opts, _step_variants("ddpm", opts), label))
+    for opts, label in [({}, "ddpm learned_range"), ({"variance_type": "learned"}, "ddpm learned")]:
+        groups.append(Group("ddpm_learned", opts, _step_variants("ddpm_learned", opts), label))
     for sampler, eta, opts in [("ddim", 0.0, {}), ("ddim", 0.5, {"eta": 0.5}),
                                ("ddpm", 0.0, {"sampler": "ddpm"})]:
         steps = {v.name: v for v in _step_variants(sampler, {})}
@@ -561,8 +684,20 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def worst_by_group(outcomes: list[Outcome]) -> list[tuple[str, str, str, float]]:
+    """(group, dtype, variant, worst ratio) for the worst variant of each group and dtype."""
+    worst: dict[tuple[str, str], tuple[str, float]] = {}
+    for o in outcomes:
+        dtype = o.target.rsplit("-", 1)[-1]
+        for name, ratios in o.ratios.items():
+            if ratios and max(ratios) >= worst.get((o.group, dtype), ("", -1.0))[1]:
+                worst[(o.group, dtype)] = (name, max(ratios))
+    return [(g, d, name, r) for (g, d), (name, r) in worst.items()]
+
+
 def main(argv=None) -> int:
-    """``python -m refdiff.testing.corpus [--seeds N] [--examples N] [--schedule KIND]``."""
+    """``python -m refdiff.testing.corpus [--seeds N] [--examples N] [--schedule KIND]
+    [--group NAME ...]``."""
     import argparse
     import time
 
@@ -572,11 +707,22 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=20)
     p.add_argument("--examples", type=int, default=None)
     p.add_argument("--schedule", default="linear")
+    p.add_argument("--group", action="append", default=None, metavar="NAME",
+                   help=f"only these groups (repeatable): {'; '.join(g.name for g in GROUPS)}")
     args = p.parse_args(argv)
+    groups = None
+    if args.group:
+        unknown = [n for n in args.group if n not in {g.name for g in GROUPS}]
+        if unknown:
+            p.error(f"unknown group {unknown[0]!r}")
+        groups = [g for g in GROUPS if g.name in args.group]
     t0 = time.perf_counter()
-    _, summary = measure(range(args.seeds), schedule=ScheduleSpec(args.schedule, 1000),
-                         max_examples=args.examples, progress=print)
+    outcomes, summary = measure(range(args.seeds), groups=groups,
+                                schedule=ScheduleSpec(args.schedule, 1000),
+                                max_examples=args.examples, progress=print)
     print(format_summary(summary))
+    for group, dtype, name, ratio in worst_by_group(outcomes):
+        print(f"  worst {group} {dtype}: {ratio:.3g} ({name})")
     print(f"{time.perf_counter() - t0:.0f} s")
     return 0 if summary["failures"] == 0 else 1
 

@@ -13,7 +13,14 @@ exposes the adapter signatures of :mod:`refdiff.testing.checks` and
   ``scheduler.step(eps, t, x_t, ...)``; t_prev is *not* passed (diffusers finds it itself).
   Noise is explicit: DDIM gets ``variance_noise=noise``; for DDPM, which has no such argument,
   the module's ``randn_tensor`` is replaced for the duration of the call by a function that
-  returns ``noise`` (nothing else is changed);
+  returns ``noise`` (nothing else is changed). Samples of fewer than 3 axes are given to
+  diffusers as (B, C, 1) (one sample per batch row, as before): its ``_threshold_sample``
+  reshapes to ``channels * np.prod(remaining_dims)``, a NumPy float for no remaining axis,
+  which torch refuses (a TypeError for every (B, C) sample with ``thresholding=True``);
+- ``ddpm_learned_step`` (``variance_type`` "learned_range" or "learned", for
+  :func:`~refdiff.testing.check_ddpm_learned_variance`): the model output is ε and the
+  variance channel concatenated along axis 1, as diffusers splits it; for "learned" the
+  channel is exp(v) (diffusers reads it as σ², refdiff's v is log σ²);
 - ``loop(model, x_T, timesteps, noises)``: ``set_timesteps(len(timesteps))`` and diffusers'
   own ``scheduler.timesteps`` (an error if its length is not n).
 
@@ -23,14 +30,18 @@ float32 table itself is judged by :func:`~refdiff.testing.check_schedule`. ``tab
 keeps diffusers' float32 table (then run the checks with ``Target("torch", "float32")``).
 
 The configuration is checked when the adapter is made: an unknown key, a value of the wrong
-type, or one that refdiff cannot map (``beta_schedule="sigmoid"``, ``variance_type="learned"``,
-``prediction_type`` other than ε, ``thresholding``, ``trained_betas``) raises ``ValueError``
-naming the key. :meth:`DiffusersScheduler.conventions` gives the check options that the
-configuration implies: ``final_alpha_bar`` ("alpha_bar_0" for DDIM with
-``set_alpha_to_one=False``), ``clip_x0`` (``clip_sample_range`` when ``clip_sample``),
-``rederive_eps`` (``use_clipped_model_output``), ``variance_type``
-(``fixed_small``/``fixed_small_log`` → "fixed_small", ``fixed_large``/``fixed_large_log`` →
-"fixed_large"), ``offset`` (``steps_offset``), ``spacings``, and for the schedule check the
+type, or one that refdiff cannot map (``beta_schedule="sigmoid"``, ``prediction_type`` other
+than ε, ``trained_betas``, with ``thresholding=True`` a ``dynamic_thresholding_ratio``
+outside (0, 1] or a ``sample_max_value`` below 1) raises ``ValueError`` naming the key.
+:meth:`DiffusersScheduler.conventions` gives the check options that the configuration
+implies: ``final_alpha_bar`` ("alpha_bar_0" for DDIM with ``set_alpha_to_one=False``),
+``clip_x0`` (``DynamicThreshold(dynamic_thresholding_ratio, sample_max_value)`` when
+``thresholding``, which diffusers applies instead of ``clip_sample``; else
+``clip_sample_range`` when ``clip_sample``), ``rederive_eps`` (``use_clipped_model_output``),
+``variance_type`` (``fixed_small``/``fixed_small_log`` → "fixed_small",
+``fixed_large``/``fixed_large_log`` → "fixed_large", ``learned``, ``learned_range``: the
+step check is then ``ddpm_learned``, and the loop check does not apply: its model returns ε
+only), ``offset`` (``steps_offset``), ``spacings``, and for the schedule check the
 configured kind and T.
 
 :func:`run_checks` judges what the configuration uses: its schedule kind at its T, its own
@@ -64,13 +75,16 @@ from refdiff.testing._engine import CheckResult, bind_reproduction
 from refdiff.testing.checks import Target
 from refdiff.testing.strategies import ScheduleSpec
 from refdiff.testing.tolerance import dtype_name, to_numpy
+from refdiff.thresholding import DynamicThreshold
 
 KINDS = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2",
          "zero_snr_linear": "linear"}
 VARIANCE_TYPES = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
-                  "fixed_large": "fixed_large", "fixed_large_log": "fixed_large"}
-# configuration values the adapters cannot map: the checks give ε and no thresholding
-_FIXED = {"prediction_type": "epsilon", "thresholding": False, "trained_betas": None}
+                  "fixed_large": "fixed_large", "fixed_large_log": "fixed_large",
+                  "learned": "learned", "learned_range": "learned_range"}
+LEARNED = ("learned", "learned_range")
+# configuration values the adapters cannot map: the checks give ε and refdiff's schedules
+_FIXED = {"prediction_type": "epsilon", "trained_betas": None}
 _CHOICES = {"timestep_spacing": rd.SPACINGS, "beta_schedule": tuple(dict.fromkeys(KINDS.values())),
             "variance_type": tuple(VARIANCE_TYPES)}
 _MINIMUM = {"num_train_timesteps": 2, "steps_offset": 0}
@@ -115,7 +129,20 @@ def _checked_config(cls: type, config: dict) -> dict:
             raise ValueError(f"{key}={value!r}: must be >= {_MINIMUM[key]}")
         if key == "clip_sample_range" and not value > 0:
             raise ValueError(f"{key}={value!r}: must be > 0")
+    if out.get("thresholding"):
+        _threshold_of({**params, **out})
     return out
+
+
+def _threshold_of(config: dict) -> DynamicThreshold:
+    """diffusers' dynamic thresholding options as refdiff's; ValueError naming the key."""
+    for key, field in (("dynamic_thresholding_ratio", "ratio"), ("sample_max_value", "max_value")):
+        try:
+            DynamicThreshold(**{field: config[key]})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{key}={config[key]!r}: not mapped onto refdiff with "
+                             f"thresholding=True (DynamicThreshold: {exc})") from None
+    return DynamicThreshold(config["dynamic_thresholding_ratio"], config["sample_max_value"])
 
 
 class DiffusersScheduler:
@@ -197,16 +224,17 @@ class DiffusersScheduler:
         if check == "schedule":
             T = c["num_train_timesteps"]
             out.update(kinds=(self.schedule_spec().kind,), min_T=T, max_T=T)
-        if check in ("ddim", "ddpm", "loop", "posterior"):
+        if check in ("ddim", "ddpm", "ddpm_learned", "loop", "posterior"):
             out["spacings"] = (c["timestep_spacing"],)
-        if check in ("ddim", "ddpm", "loop"):
+        if check in ("ddim", "ddpm", "ddpm_learned", "loop"):
             out["offset"] = c["steps_offset"] if c["timestep_spacing"] == "leading" else 0
-            out["clip_x0"] = c["clip_sample_range"] if c["clip_sample"] else None
+            out["clip_x0"] = (_threshold_of(c) if c["thresholding"] else
+                              c["clip_sample_range"] if c["clip_sample"] else None)
             one = c.get("set_alpha_to_one", True) if self.is_ddim else True
             out["final_alpha_bar"] = "one" if one else "alpha_bar_0"
         if check in ("ddim", "loop") and self.is_ddim:
             out["rederive_eps"] = self.use_clipped
-        if check in ("ddpm", "loop") and not self.is_ddim:
+        if check in ("ddpm", "ddpm_learned", "loop") and not self.is_ddim:
             out["variance_type"] = VARIANCE_TYPES[c["variance_type"]]
         if check == "loop":
             out["sampler"] = "ddim" if self.is_ddim else "ddpm"
@@ -249,17 +277,31 @@ class DiffusersScheduler:
     def ddim_step(self, x_t, eps, t: int, t_prev: int, *, eta: float, noise, num_inference_steps: int):
         """Adapter for check_ddim_step (t_prev unused: diffusers computes it)."""
         sched = self._stepper(num_inference_steps)
+        shape = tuple(x_t.shape)
+        x_t, eps, noise = _three_axes(x_t, eps, noise)
         return sched.step(eps, t, x_t, eta=eta, variance_noise=noise,
-                          use_clipped_model_output=self.use_clipped).prev_sample
+                          use_clipped_model_output=self.use_clipped).prev_sample.reshape(shape)
 
     def ddpm_step(self, x_t, eps, t: int, t_prev: int, *, noise, num_inference_steps: int):
         """Adapter for check_ddpm_step (t_prev unused: diffusers computes it)."""
         sched = self._stepper(num_inference_steps)
         shape = tuple(x_t.shape)
-        if len(shape) < 2:  # diffusers' DDPM step reads shape[1] (channels): give it (B, 1)
-            x_t, eps, noise = (a.reshape(shape[0] if shape else 1, 1) for a in (x_t, eps, noise))
+        x_t, eps, noise = _three_axes(x_t, eps, noise)  # diffusers reads shape[1] (channels)
         with _fixed_noise(noise):
             return sched.step(eps, t, x_t).prev_sample.reshape(shape)
+
+    def ddpm_learned_step(self, x_t, eps, t: int, t_prev: int, *, var_values, noise,
+                          num_inference_steps: int):
+        """Adapter for check_ddpm_learned_variance: the model output is (ε, channel) along
+        axis 1, the channel v ("learned_range") or exp(v) ("learned": diffusers' σ²)."""
+        import torch
+
+        sched = self._stepper(num_inference_steps)
+        shape = tuple(x_t.shape)
+        x_t, eps, noise, v = _three_axes(x_t, eps, noise, var_values)
+        channel = torch.exp(v) if self.config["variance_type"] == "learned" else v
+        with _fixed_noise(noise):
+            return sched.step(torch.cat([eps, channel], dim=1), t, x_t).prev_sample.reshape(shape)
 
     def loop(self, model: Callable, x_T, timesteps, noises):
         """Adapter for check_sampling_loop: diffusers' own list for n = len(timesteps)."""
@@ -283,10 +325,21 @@ class DiffusersScheduler:
         """The adapter method for a check name of refdiff.testing.CHECKS."""
         return getattr(self, self._methods()[check])
 
+    @property
+    def learned(self) -> bool:
+        """DDPM with a learned variance (the model also returns a variance channel)."""
+        return not self.is_ddim and self.config["variance_type"] in LEARNED
+
+    def _step_check(self) -> str:
+        return "ddim" if self.is_ddim else "ddpm_learned" if self.learned else "ddpm"
+
     def _methods(self) -> dict:
-        step = "ddim_step" if self.is_ddim else "ddpm_step"
-        return {"schedule": "schedule_table", "timesteps": "timesteps",
-                "ddim" if self.is_ddim else "ddpm": step, "loop": "loop"}
+        step = {"ddim": "ddim_step", "ddpm": "ddpm_step", "ddpm_learned": "ddpm_learned_step"}
+        methods = {"schedule": "schedule_table", "timesteps": "timesteps",
+                   self._step_check(): step[self._step_check()]}
+        if not self.learned:  # the loop's model returns ε only
+            methods["loop"] = "loop"
+        return methods
 
     def checks(self) -> tuple[str, ...]:
         """The checks that apply to this scheduler."""
@@ -310,9 +363,12 @@ class DiffusersScheduler:
         i = ts.index(t)
         return ts[i + 1] if i + 1 < len(ts) else -1
 
-    def _reference_step(self, x, eps, t: int, prev: int, noise, conventions: dict):
+    def _reference_step(self, x, eps, t: int, prev: int, noise, conventions: dict,
+                        var_values=None):
         keys = ("eta", "final_alpha_bar", "clip_x0", "rederive_eps", "variance_type")
         conv = {k: conventions[k] for k in keys if k in conventions}
+        if var_values is not None:
+            conv["var_values"] = var_values
         step = R.ddim_step if self.is_ddim else R.ddpm_step
         return step(x, eps, t, prev, noise=noise, schedule=self._refdiff, **conv)
 
@@ -363,13 +419,17 @@ class DiffusersScheduler:
         if prev is None:
             return f"finding: t = {t} is not in diffusers' own list for n = {n} ({CONVENTION})"
         x_t, eps, noise = (rounded(ce[k]) for k in ("x_t", "eps", "noise"))
-        replayed = self._reference_step(x_t, eps, t, prev, noise, {**options, "eta": ce.get("eta")})
+        v = rounded(ce["var_values"]) if "var_values" in ce else None
+        replayed = self._reference_step(x_t, eps, t, prev, noise, {**options, "eta": ce.get("eta")},
+                                        v)
         found = [f"diffusers' DDIM step goes to t - T//n = {prev}, not to the next listed "
                  f"timestep {listed}"] * (prev != listed)
         actual = result.actual
         if not self.is_ddim and prev == -1 and t > 0 and actual is not None:
-            quiet = self.ddpm_step(put(x_t), put(eps), t, listed, noise=put(0 * noise),
-                                   num_inference_steps=n)
+            step = self.ddpm_learned_step if v is not None else self.ddpm_step
+            given = {"var_values": put(v)} if v is not None else {}
+            quiet = step(put(x_t), put(eps), t, listed, noise=put(0 * noise),
+                         num_inference_steps=n, **given)
             if not np.array_equal(to_numpy(quiet), to_numpy(actual)):
                 found.append(self._last_noise(t))
             actual = quiet
@@ -418,6 +478,17 @@ class DiffusersScheduler:
                 found.append(self._last_noise(ts[-1]))
             actual = quiet
         return self._verdict(found, actual, x, result)
+
+
+def _three_axes(*arrays):
+    """The arrays as (B, C, ...) with at least 3 axes: (B,) → (B, 1, 1), (B, C) → (B, C, 1).
+    Each batch row stays one sample (its elements are the same), so a per-sample threshold
+    is unchanged."""
+    shape = tuple(arrays[0].shape)
+    if len(shape) >= 3:
+        return arrays
+    full = (shape[0] if shape else 1, shape[1] if len(shape) > 1 else 1, 1)
+    return tuple(a.reshape(full) for a in arrays)
 
 
 @contextlib.contextmanager

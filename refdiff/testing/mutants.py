@@ -11,8 +11,9 @@ failing examples land (the ratio error/bound of :mod:`refdiff.testing.bounds`).
 References
 ----------
 DDPM arXiv:2006.11239v2 Eqs. 6–7, Algorithm 2; DDIM arXiv:2010.02502v4 Eqs. 12, 16;
-CFG arXiv:2207.12598v1 Eq. 6 (w vs s = 1 + w); IDDPM arXiv:2102.09672v1 §3.1;
-ZSNR arXiv:2305.08891v4 Table 2 (trailing spacing).
+CFG arXiv:2207.12598v1 Eq. 6 (w vs s = 1 + w); IDDPM arXiv:2102.09672v1 §3.1 and Eq. 15
+(learned range); Imagen arXiv:2205.11487v1 §2.3 (dynamic thresholding); ZSNR
+arXiv:2305.08891v4 Table 2 (trailing spacing).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from refdiff.testing import checks as C
 from refdiff.testing import step_checks as SC
 from refdiff.testing.strategies import ScheduleSpec
 from refdiff.testing.tolerance import observe
+from refdiff.thresholding import DynamicThreshold
 
 
 def _levels(table, t: int, t_prev: int, final: str) -> tuple[float, float]:
@@ -37,13 +39,40 @@ def _levels(table, t: int, t_prev: int, final: str) -> tuple[float, float]:
     return float(table[t]), ab_prev
 
 
+def hand_threshold(x0, threshold: DynamicThreshold, bug: str | None = None):
+    """Imagen's dynamic thresholding, tutorial style (``numpy.quantile``/``torch.quantile``
+    over each flattened sample; s clamped to [1, s_max]; clip to [−s, s], divide by s).
+    Bugs: ``"no_divide"`` (clipped to [−s, s], not divided by s), ``"batch_axis"`` (the
+    quantile over the batch axis: one s per element position, shared by the samples),
+    ``"no_floor"`` (s not clamped below at 1: a sample whose quantile is below 1 is scaled
+    up)."""
+    torch_ = type(x0).__module__.split(".")[0] == "torch"
+    batch = x0.shape[0]
+    flat = x0.reshape(batch, -1)
+    axis = 0 if bug == "batch_axis" else 1
+    if torch_:
+        import torch
+        s = torch.quantile(flat.abs(), threshold.ratio, dim=axis)
+        s = torch.clamp(s, min=None if bug == "no_floor" else 1.0, max=threshold.max_value)
+        clip = lambda v, lo, hi: torch.clamp(v, lo, hi)  # noqa: E731
+    else:
+        s = np.quantile(np.abs(flat), threshold.ratio, axis=axis)
+        s = np.clip(s, None if bug == "no_floor" else 1.0, threshold.max_value)
+        clip = np.clip
+    shape = (1, *x0.shape[1:]) if bug == "batch_axis" else (batch,) + (1,) * (x0.ndim - 1)
+    s = s.reshape(shape)
+    out = clip(x0, -s, s)
+    return out if bug == "no_divide" else out / s
+
+
 def hand_ddim(schedule: rd.Schedule, *, eta_power: int = 2, prev: str = "listed",
               final: str = "one", clip: float | None = None, rederive: bool = True,
-              direction: str = "eq12") -> Callable:
+              direction: str = "eq12", threshold: DynamicThreshold | None = None,
+              threshold_bug: str | None = None) -> Callable:
     """A tutorial DDIM step. Bugs: ``eta_power=1`` (σ² = η·β̃), ``prev="t-1"``,
     ``"stride"`` (t − T//n) or ``"after"`` (ᾱ of index t_prev + 1), ``final="alpha_bar_0"``,
     ``rederive=False`` after clipping, ``direction="no_sigma"`` (√(1 − ᾱ_prev)·ε̂, without
-    the −σ² of Eq. 12)."""
+    the −σ² of Eq. 12); with a ``threshold``, the bugs of :func:`hand_threshold`."""
     table, T = np.asarray(schedule.alphas_cumprod), schedule.num_train_timesteps
 
     def step(x_t, eps, t, t_prev, *, eta, noise, num_inference_steps):
@@ -56,8 +85,9 @@ def hand_ddim(schedule: rd.Schedule, *, eta_power: int = 2, prev: str = "listed"
             t_prev = t_prev + 1
         ab_t, ab_prev = _levels(table, t, t_prev, final)
         x0 = (x_t - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
-        if clip is not None:
-            x0 = array_api_compat.array_namespace(x0).clip(x0, -clip, clip)
+        if clip is not None or threshold is not None:
+            x0 = (hand_threshold(x0, threshold, threshold_bug) if threshold is not None else
+                  array_api_compat.array_namespace(x0).clip(x0, -clip, clip))
             if rederive:
                 eps = (x_t - math.sqrt(ab_t) * x0) / math.sqrt(1 - ab_t)
         var = eta**eta_power * (1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)
@@ -68,11 +98,14 @@ def hand_ddim(schedule: rd.Schedule, *, eta_power: int = 2, prev: str = "listed"
 
 
 def hand_ddpm(schedule: rd.Schedule, *, variance: str = "fixed_small", noise_if: str = "not_last",
-              tutorial: bool = False, beta: str = "respaced", noise_scale: str = "sigma") -> Callable:
+              tutorial: bool = False, beta: str = "respaced", noise_scale: str = "sigma",
+              threshold: DynamicThreshold | None = None,
+              threshold_bug: str | None = None) -> Callable:
     """A tutorial DDPM step. Bugs: ``noise_if="t>0"`` (noise on a last step with t > 0),
     ``tutorial=True`` (x_prev = √ᾱ_prev·x̂_0 + √β'·z instead of the posterior),
     ``beta="training"`` (the training schedule's β_t where the respaced list needs
-    β' = 1 − ᾱ_t/ᾱ_prev), ``noise_scale="variance"`` (z times σ² instead of σ)."""
+    β' = 1 − ᾱ_t/ᾱ_prev), ``noise_scale="variance"`` (z times σ² instead of σ); with a
+    ``threshold``, the bugs of :func:`hand_threshold`."""
     table = np.asarray(schedule.alphas_cumprod)
     betas = np.asarray(schedule.betas)
 
@@ -80,6 +113,8 @@ def hand_ddpm(schedule: rd.Schedule, *, variance: str = "fixed_small", noise_if:
         ab_t, ab_prev = _levels(table, t, t_prev, "one")
         b = float(betas[t]) if beta == "training" else 1 - ab_t / ab_prev
         x0 = (x_t - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
+        if threshold is not None:
+            x0 = hand_threshold(x0, threshold, threshold_bug)
         add_noise = t > 0 if noise_if == "t>0" else t_prev >= 0
         if tutorial:
             return math.sqrt(ab_prev) * x0 + (math.sqrt(b) * noise if add_noise else 0.0)
@@ -88,6 +123,45 @@ def hand_ddpm(schedule: rd.Schedule, *, variance: str = "fixed_small", noise_if:
         var = b if variance == "fixed_large" else (1 - ab_prev) / (1 - ab_t) * b
         sigma = var if noise_scale == "variance" else math.sqrt(var)
         return mean + sigma * noise if add_noise else mean
+    return step
+
+
+def hand_ddpm_learned(schedule: rd.Schedule, *, variance_type: str = "learned_range",
+                      frac: str = "eq15", logs: str = "eq15", chain: str = "respaced",
+                      channel: str = "log_variance") -> Callable:
+    """A tutorial DDPM step with a learned variance (IDDPM Eq. 15 for "learned_range":
+    σ² = exp(frac·log β' + (1 − frac)·log β̃), frac = (v + 1)/2, β̃ floored at 1e-20; for
+    "learned": σ² = exp(v)). Bugs: ``frac="v"`` (v used as frac), ``logs="swapped"`` (log β'
+    and log β̃ exchanged), ``chain="training"`` (the logs of the training chain's β_t and
+    β̃_t at index t, as tables built once for the dense chain hold them, where a respaced
+    list needs β' = 1 − ᾱ_t/ᾱ_prev and its β̃), ``channel="variance"`` ("learned" with v
+    read as σ², diffusers' reading, where log σ² is claimed)."""
+    table = np.asarray(schedule.alphas_cumprod)
+    betas = np.asarray(schedule.betas)
+
+    def step(x_t, eps, t, t_prev, *, var_values, noise, num_inference_steps):
+        xp = array_api_compat.array_namespace(x_t)
+        ab_t, ab_prev = _levels(table, t, t_prev, "one")
+        b = 1 - ab_t / ab_prev
+        x0 = (x_t - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
+        mean = (math.sqrt(ab_prev) * b / (1 - ab_t) * x0
+                + math.sqrt(1 - b) * (1 - ab_prev) / (1 - ab_t) * x_t)
+        if t_prev < 0:
+            return mean
+        v = var_values
+        if variance_type == "learned":
+            var = v if channel == "variance" else xp.exp(v)
+        else:
+            if chain == "training":
+                b, ab_prev = float(betas[t]), (float(table[t - 1]) if t > 0 else 1.0)
+            b_tilde = max((1 - ab_prev) / (1 - ab_t) * b, 1e-20)
+            max_log, min_log = math.log(b), math.log(b_tilde)
+            if logs == "swapped":
+                max_log, min_log = min_log, max_log
+            f = v if frac == "v" else (v + 1) / 2
+            var = xp.exp(f * max_log + (1 - f) * min_log)
+        with np.errstate(invalid="ignore"):  # σ² read from a log-variance may be negative
+            return mean + xp.sqrt(var) * noise
     return step
 
 
@@ -174,6 +248,11 @@ class Case:
 
 
 _CLIP = {"clip_x0": 1.0, "rederive_eps": True}
+# Imagen's rule with DeepFloyd IF's settings (diffusers' dynamic_thresholding_ratio=0.95,
+# sample_max_value=1.5): with the default s_max = 1 dynamic thresholding is plain clipping
+THRESHOLD = DynamicThreshold(ratio=0.95, max_value=1.5)
+_THRESHOLD = {"clip_x0": THRESHOLD}
+_LEARNED = {"variance_type": "learned"}
 
 MUTANTS = [
     Case("CFG: sign of the difference flipped", C.check_cfg, lambda s: hand_cfg("flipped")),
@@ -206,6 +285,20 @@ MUTANTS = [
     Case("CFG: gated to s > 1 (eps_c below)", C.check_cfg, lambda s: hand_cfg("gated")),
     Case("CG: sqrt(ab) in place of sqrt(1 - ab)", C.check_classifier_guidance,
          lambda s: hand_cg(s, coefficient="sqrt(ab)")),
+    Case("learned_range: frac = v, not (v+1)/2", SC.check_ddpm_learned_variance,
+         lambda s: hand_ddpm_learned(s, frac="v")),
+    Case("learned_range: log beta' and log beta~ swapped", SC.check_ddpm_learned_variance,
+         lambda s: hand_ddpm_learned(s, logs="swapped")),
+    Case("learned_range: training-chain logs, not beta'", SC.check_ddpm_learned_variance,
+         lambda s: hand_ddpm_learned(s, chain="training")),
+    Case("learned: channel read as sigma^2, not log", SC.check_ddpm_learned_variance,
+         lambda s: hand_ddpm_learned(s, variance_type="learned", channel="variance"), _LEARNED),
+    Case("threshold: no division by s (DDIM)", SC.check_ddim_step,
+         lambda s: hand_ddim(s, threshold=THRESHOLD, threshold_bug="no_divide"), _THRESHOLD),
+    Case("threshold: quantile over the batch axis (DDIM)", SC.check_ddim_step,
+         lambda s: hand_ddim(s, threshold=THRESHOLD, threshold_bug="batch_axis"), _THRESHOLD),
+    Case("threshold: s not floored at 1 (DDPM)", SC.check_ddpm_step,
+         lambda s: hand_ddpm(s, threshold=THRESHOLD, threshold_bug="no_floor"), _THRESHOLD),
 ]
 
 CONTROLS = [
@@ -223,6 +316,15 @@ CONTROLS = [
     Case("classifier guidance", C.check_classifier_guidance, lambda s: hand_cg(s)),
     Case("DDIM loop", SC.check_sampling_loop, lambda s: hand_loop(hand_ddim(s), eta=0.5),
          {"eta": 0.5}),
+    # (60 examples each: the corpus runs these options on every dtype row as well)
+    Case("DDPM step, learned_range", SC.check_ddpm_learned_variance,
+         lambda s: hand_ddpm_learned(s), {"max_examples": 60}),
+    Case("DDPM step, learned", SC.check_ddpm_learned_variance,
+         lambda s: hand_ddpm_learned(s, variance_type="learned"), {**_LEARNED, "max_examples": 60}),
+    Case("DDIM step, dynamic threshold", SC.check_ddim_step,
+         lambda s: hand_ddim(s, threshold=THRESHOLD), {**_THRESHOLD, "max_examples": 60}),
+    Case("DDPM step, dynamic threshold", SC.check_ddpm_step,
+         lambda s: hand_ddpm(s, threshold=THRESHOLD), {**_THRESHOLD, "max_examples": 60}),
 ]
 
 

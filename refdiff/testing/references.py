@@ -14,7 +14,8 @@ the last step; the DDIM variance is η²·β̃; CFG is ε_u + s·(ε_c − ε_u)
 References
 ----------
 DDPM arXiv:2006.11239v2 Eq. 4, Eqs. 6–7, Algorithm 2; DDIM arXiv:2010.02502v4 Eqs. 12, 16;
-CFG arXiv:2207.12598v1 Eq. 6; CG arXiv:2105.05233v4 Algorithm 2.
+CFG arXiv:2207.12598v1 Eq. 6; CG arXiv:2105.05233v4 Algorithm 2; IDDPM arXiv:2102.09672v1
+Eq. 15 (learned range); Imagen arXiv:2205.11487v1 §2.3 (dynamic thresholding).
 """
 
 from __future__ import annotations
@@ -76,12 +77,29 @@ def posterior(x0, x_t, t: int, t_prev: int, *, schedule: Sched = None, final_alp
 
 
 def ddpm_step(x_t, eps, t: int, t_prev: int, noise, *, schedule: Sched = None,
-              variance_type="fixed_small", final_alpha_bar="one", clip_x0=None, **_: Any):
-    """One DDPM step (DDPM Algorithm 2 on the listed chain); no noise when t_prev = −1."""
+              variance_type="fixed_small", var_values=None, final_alpha_bar="one",
+              clip_x0=None, **_: Any):
+    """One DDPM step (DDPM Algorithm 2 on the listed chain); no noise when t_prev = −1.
+
+    ``var_values``: the model's variance channel for ``variance_type`` "learned" (log σ²)
+    and "learned_range" (IDDPM Eq. 15's v); ``clip_x0`` a bound or a
+    :class:`~refdiff.thresholding.DynamicThreshold`."""
     sched = _schedule(schedule)
     noise = _zeros_like(x_t) if t_prev < 0 else noise
     return rd.ddpm_step(x_t, eps, sched.alpha_bar(t), alpha_bar_prev(sched, t_prev, final_alpha_bar),
-                        noise, variance_type=variance_type, clip_x0=clip_x0)
+                        noise, variance_type=variance_type, var_values=var_values,
+                        clip_x0=clip_x0)
+
+
+def ddpm_learned_step(x_t, eps, t: int, t_prev: int, *, var_values, noise,
+                      schedule: Sched = None, variance_type="learned_range",
+                      final_alpha_bar="one", clip_x0=None, **_: Any):
+    """One DDPM step with a learned variance, in the adapter signature of
+    :func:`~refdiff.testing.check_ddpm_learned_variance` (``var_values`` and ``noise`` by
+    keyword): :func:`ddpm_step` with ``variance_type`` "learned_range" (IDDPM Eq. 15) or
+    "learned"."""
+    return ddpm_step(x_t, eps, t, t_prev, noise, schedule=schedule, variance_type=variance_type,
+                     var_values=var_values, final_alpha_bar=final_alpha_bar, clip_x0=clip_x0)
 
 
 def ddim_step(x_t, eps, t: int, t_prev: int, *, schedule: Sched = None, eta=0.0, noise=None,

@@ -12,12 +12,14 @@ backend).
 References
 ----------
 D. R. MacIver et al., "Hypothesis: A new approach to property-based testing", JOSS 4(43), 2019.
-Schedules: DDPM arXiv:2006.11239v2 §4; IDDPM arXiv:2102.09672v1 Eq. 17;
+Schedules: DDPM arXiv:2006.11239v2 §4; IDDPM arXiv:2102.09672v1 Eq. 17 (and Eq. 15: the
+variance channel);
 ZSNR arXiv:2305.08891v4 Algorithm 1 and Table 2 (spacings).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,18 +71,35 @@ def schedules(draw, kinds=SCHEDULE_KINDS, min_T: int = 2, max_T: int = 1000):
     return ScheduleSpec(kind, T, params)
 
 
+@functools.lru_cache(maxsize=1024)
+def _step_counts(hi: int):
+    """n in [1, hi]: any, the small ones and hi, or above hi/2 (where strides break). Built
+    once per hi: a composite would otherwise build and validate it for every example."""
+    return st.one_of(st.integers(1, hi), st.sampled_from(sorted({1, min(2, hi), min(3, hi), hi})),
+                     st.integers(max(1, hi // 2), hi))
+
+
+@functools.lru_cache(maxsize=1024)
+def _step_indices(n: int):
+    """The index of a step in a list of n: the last (twice as likely), any, or the first."""
+    return st.one_of(st.just(n - 1), st.integers(0, n - 1), st.just(n - 1), st.just(0))
+
+
+@functools.lru_cache(maxsize=4096)
+def _listed(T: int, n: int, spacing: str, offset: int) -> list[int]:
+    return [int(t) for t in rd.inference_timesteps(T, n, spacing, offset)]
+
+
 @st.composite
 def timestep_lists(draw, T: int, spacings=rd.SPACINGS, max_steps: int | None = None,
                    offset: int = 0):
     """(n, spacing, timesteps) with refdiff's list for n inference steps out of T."""
     spacing = draw(st.sampled_from(spacings))
     hi = min(T - offset if spacing == "leading" else T, max_steps or T)
-    hi = max(1, hi)
-    n = draw(st.one_of(st.integers(1, hi), st.sampled_from(sorted({1, min(2, hi), min(3, hi), hi})),
-                       st.integers(max(1, hi // 2), hi)))  # n > T/2 is where strides break
+    n = draw(_step_counts(max(1, hi)))
     off = offset if spacing == "leading" else 0
     assume(spacing != "leading" or (n - 1) * (T // n) + off <= T - 1)
-    return n, spacing, [int(t) for t in rd.inference_timesteps(T, n, spacing, off)]
+    return n, spacing, list(_listed(T, n, spacing, off))
 
 
 @st.composite
@@ -88,7 +107,7 @@ def timestep_pairs(draw, T: int, spacings=rd.SPACINGS, max_steps: int | None = N
                    offset: int = 0):
     """(n, spacing, t, t_prev): consecutive listed timesteps; t_prev = −1 after the last one."""
     n, spacing, ts = draw(timestep_lists(T, spacings, max_steps, offset))
-    i = draw(st.one_of(st.just(n - 1), st.integers(0, n - 1), st.just(n - 1), st.just(0)))
+    i = draw(_step_indices(n))
     return n, spacing, ts[i], (ts[i + 1] if i + 1 < n else -1)
 
 
@@ -109,6 +128,15 @@ def arrays(shape, dtype: str = "float64", backend: str = "numpy", device: str = 
 
     Drawn in float64; unless ``allow_subnormal``, magnitudes below 2**-14 become 0.
     """
+    key = (tuple(shape) if isinstance(shape, (tuple, list)) else shape, dtype, backend, device,
+           bound, allow_nan, allow_infinity, allow_subnormal)
+    return _arrays(*key)
+
+
+@functools.lru_cache(maxsize=1024)
+def _arrays(shape, dtype, backend, device, bound, allow_nan, allow_infinity, allow_subnormal):
+    """:func:`arrays`, built once per argument tuple (checks draw them inside a flatmap,
+    which would otherwise build and validate a new strategy for every example)."""
     elements = st.floats(-bound, bound, allow_nan=allow_nan, allow_infinity=allow_infinity,
                          allow_subnormal=allow_subnormal, width=64)
     raw = hnp.arrays(np.float64, shape, elements=elements)
@@ -122,6 +150,25 @@ def arrays(shape, dtype: str = "float64", backend: str = "numpy", device: str = 
 def model_outputs(shape, **kwargs):
     """A model's prediction (ε, x_0 or v) of ``shape``: :func:`arrays` with |values| ≤ 4."""
     return arrays(shape, bound=kwargs.pop("bound", 4.0), **kwargs)
+
+
+def variance_channels(shape, variance_type: str = "learned_range"):
+    """A model's variance channel v of ``shape``: for "learned_range" (IDDPM Eq. 15's
+    interpolation coefficient) elements in [−1.25, 1.25], the ends ±1 and the middle 0
+    favoured (a network's v may leave [−1, 1] slightly); for "learned" (v = log σ²) elements
+    in [−20, 1] (σ² from 2e-9 to e)."""
+    return _variance_channels(tuple(shape) if isinstance(shape, (tuple, list)) else shape,
+                              variance_type)
+
+
+@functools.lru_cache(maxsize=1024)
+def _variance_channels(shape, variance_type: str):
+    lo, hi, special = ((-1.25, 1.25, [-1.0, 0.0, 1.0]) if variance_type == "learned_range"
+                       else (-20.0, 1.0, [0.0, -5.0]))
+    elements = st.one_of(st.sampled_from(special),
+                         st.floats(lo, hi, allow_nan=False, allow_infinity=False,
+                                   allow_subnormal=False, width=64))
+    return hnp.arrays(np.float64, shape, elements=elements).map(flush_tiny)
 
 
 def guidance_scales(lo: float = -10.0, hi: float = 10.0):

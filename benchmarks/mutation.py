@@ -1,0 +1,334 @@
+"""``python -m benchmarks.mutation``: mutation testing of the core math with mutmut, and a
+markdown report of what the fast test subset kills (run it from the repository root).
+
+    python -m benchmarks.mutation                      # every math module (tens of minutes on
+                                                       # 2 cores): ./mutation_report.md and
+                                                       # ./mutation_results.json
+    python -m benchmarks.mutation --modules steps forward --out /tmp/mut_steps.md
+    python -m benchmarks.mutation --write-docs         # the run recorded in docs/mutation.md
+    python -m benchmarks.mutation --workdir /tmp/mut --report-only   # re-read a finished run
+
+mutmut (the ``test`` extra; configured in ``[tool.mutmut]`` of pyproject.toml) mutates the
+math modules and runs, for each mutant, the tests of the fast subset that cover the mutated
+function. It runs in a copy of the repository (``--workdir``, default a temporary folder), so
+the working tree and the shared editable install are never touched; inside the copy,
+``import refdiff`` resolves to the copy (checked before the run). A kept ``--workdir`` makes a
+rerun incremental: mutmut reruns only what changed.
+
+Policy (also stated in the report): ``raise`` statements are not mutated (the conditions that
+guard them are); the exception type is pinned by tests/test_errors.py and the message text is
+prose. Every other mutant counts. A survivor is either equivalent (listed in ``EQUIVALENT``
+below with a one-line proof) or listed in ``NOT_KILLED`` with the reason; an unlisted
+survivor is reported as "unexplained", the thing to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository root (this folder's parent)
+DOCS_PATH = ROOT / "docs" / "mutation.md"
+DEFAULT_OUT = "mutation_report.md"  # in the current directory, with mutation_results.json
+
+MODULES = ("schedules", "forward", "steps", "classifier_free", "classifier_guidance",
+           "sampling", "oracle", "training")
+# mutmut's exit-code vocabulary (mutmut.stats.status_by_exit_code), folded to the report's
+STATUS = {1: "killed", 3: "killed", 37: "killed", 0: "survived", 5: "no tests", 33: "no tests",
+          34: "skipped", 36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout",
+          255: "timeout", None: "not run"}
+COPY_IGNORE = shutil.ignore_patterns(".git", "mutants", "__pycache__", ".hypothesis",
+                                     ".pytest_cache", ".mypy_cache", "*.egg-info")
+
+# Survivors that no test can kill because the mutant computes the same function. Key: the
+# mutant's name; value: (a fragment of the mutated line, so that a renumbering after a source
+# change shows up as "stale", the one-line proof).
+EQUIVALENT: dict[str, tuple[str, str]] = {}
+
+# Survivors left alive on purpose, with the reason (not equivalent, but not worth a test or
+# outside what the fast subset can see). Same format as EQUIVALENT.
+NOT_KILLED: dict[str, tuple[str, str]] = {}
+
+
+class UsageError(Exception):
+    """A bad command-line argument: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line, exit 2, via UsageError
+        raise UsageError(f"{message}; see 'python -m benchmarks.mutation --help'")
+
+
+def _parse(argv):
+    p = _Parser(prog="python -m benchmarks.mutation", description=__doc__.split("\n\n")[0])
+    p.add_argument("--modules", nargs="+", default=list(MODULES), metavar="MODULE",
+                   help=f"math modules to mutate (default: all of {', '.join(MODULES)})")
+    p.add_argument("--out", default=None,
+                   help=f"markdown report (default ./{DEFAULT_OUT}); the JSON goes next to it")
+    p.add_argument("--write-docs", action="store_true",
+                   help="write the tracked report docs/mutation.md instead (all modules)")
+    p.add_argument("--workdir", default=None,
+                   help="the copy of the repository mutmut runs in (default: a temporary "
+                        "folder, removed afterwards); kept when given, so reruns are incremental")
+    p.add_argument("--report-only", action="store_true",
+                   help="do not run mutmut: report the results already in --workdir")
+    p.add_argument("--max-children", type=int, default=1,
+                   help="mutants run in parallel (default 1: the suite is CPU-bound)")
+    args = p.parse_args(argv)
+    bad = [m for m in args.modules if m not in MODULES]
+    if bad:
+        raise UsageError(f"--modules: unknown module(s) {', '.join(bad)}; choose from "
+                         f"{', '.join(MODULES)}")
+    if args.report_only and args.workdir is None:
+        raise UsageError("--report-only reads a finished run: give its --workdir")
+    if args.max_children < 1:
+        raise UsageError(f"--max-children must be >= 1, got {args.max_children}")
+    if args.write_docs and args.out is not None:
+        raise UsageError("--write-docs writes docs/mutation.md; drop --out")
+    out = DOCS_PATH if args.write_docs else Path(args.out or DEFAULT_OUT)
+    if out.suffix != ".md":
+        raise UsageError(f"--out must be a .md file, got {str(out)!r}")
+    if not out.resolve().parent.is_dir():
+        raise UsageError(f"directory {str(out.parent)!r} for {out.name} does not exist")
+    return args, out
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)  # the copy is found from its own folder, nothing else
+    env.update(CI="1", HYPOTHESIS_PROFILE="ci",  # derandomized Hypothesis: repeatable verdicts
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # one core per mutant
+    return env
+
+
+def prepare(workdir: Path) -> None:
+    """Copy the repository into ``workdir`` (sources refreshed, earlier results kept)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for item in ROOT.iterdir():
+        if item.name in (".git", "mutants", "__pycache__", ".hypothesis", ".pytest_cache"):
+            continue
+        dest = workdir / item.name
+        if item.is_dir():
+            shutil.copytree(item, dest, ignore=COPY_IGNORE, dirs_exist_ok=True)
+        else:
+            shutil.copy2(item, dest)
+    found = subprocess.run([sys.executable, "-c", "import refdiff; print(refdiff.__file__)"],
+                           cwd=workdir, env=_env(), text=True, capture_output=True,
+                           check=True).stdout.strip()
+    if not Path(found).resolve().is_relative_to(workdir.resolve()):
+        raise RuntimeError(f"in the copy, refdiff resolves to {found}, not to {workdir}")
+
+
+def run_mutmut(workdir: Path, modules, max_children: int, *, quiet: bool = False) -> float:
+    """Run mutmut on ``modules`` inside ``workdir``; returns the wall time in seconds."""
+    names = [f"refdiff.{m}.*" for m in modules]
+    cmd = ["mutmut", "run", "--max-children", str(max_children), *names]
+    t0 = time.perf_counter()
+    with open(workdir / "mutmut_run.log", "w") as log:  # mutmut's progress line, redrawn
+        rc = subprocess.run(cmd, cwd=workdir, env=_env(), stdout=log, stderr=subprocess.STDOUT).returncode
+    wall = time.perf_counter() - t0
+    if rc != 0:
+        raise RuntimeError(f"mutmut exited with {rc}; see {workdir / 'mutmut_run.log'}")
+    if not quiet:
+        print(f"mutmut: {wall:.0f} s", file=sys.stderr)
+    return wall
+
+
+def _changed_lines(diff: str) -> tuple[list[str], list[str]]:
+    lines = diff.splitlines()[2:]  # drop the ---/+++ header
+    minus = [ln[1:].strip() for ln in lines if ln.startswith("-")]
+    plus = [ln[1:].strip() for ln in lines if ln.startswith("+")]
+    return minus, plus
+
+
+def collect(workdir: Path, modules) -> dict:
+    """Per module: counts by status, and each survivor's diff and classification."""
+    cwd = os.getcwd()
+    os.chdir(workdir)  # mutmut's helpers read mutants/ relative to the current directory
+    try:
+        from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+        res = {}
+        for m in modules:
+            meta = json.loads(Path(f"mutants/refdiff/{m}.py.meta").read_text())
+            codes = meta["exit_code_by_key"]
+            counts = Counter(STATUS.get(c, "suspicious") for c in codes.values())
+            survivors = []
+            for name, code in sorted(codes.items(), key=lambda kv: _natural(kv[0])):
+                status = STATUS.get(code, "suspicious")
+                if status in ("killed", "not run"):
+                    continue
+                diff = get_diff_for_mutant(name, path=f"refdiff/{m}.py")
+                minus, plus = _changed_lines(diff)
+                kind, reason = "unexplained", ""
+                for table, label in ((EQUIVALENT, "equivalent"), (NOT_KILLED, "not killed")):
+                    if name in table:
+                        fragment, reason = table[name]
+                        kind = label if any(fragment in p for p in plus) else "stale annotation"
+                survivors.append({"name": name, "status": status, "kind": kind,
+                                  "reason": reason, "minus": minus, "plus": plus})
+            kinds = Counter(s["kind"] for s in survivors if s["status"] == "survived")
+            res[m] = {"generated": len(codes), "killed": counts["killed"],
+                      "survived": counts["survived"], "equivalent": kinds["equivalent"],
+                      "not_killed": kinds["not killed"], "unexplained": kinds["unexplained"]
+                      + kinds["stale annotation"], "no_tests": counts["no tests"],
+                      "timeout": counts["timeout"], "other": counts["suspicious"]
+                      + counts["skipped"] + counts["not run"], "survivors": survivors}
+        return res
+    finally:
+        os.chdir(cwd)
+
+
+def _natural(name: str):
+    head, _, n = name.rpartition("_")
+    return (head, int(n) if n.isdigit() else 0)
+
+
+def _commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                "refdiff", "tests", "pyproject.toml"], cwd=ROOT, text=True,
+                               capture_output=True).stdout.strip()
+        return sha + ("+uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _fast_subset() -> list[str]:
+    import tomllib
+
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    return conf["pytest_add_cli_args_test_selection"]
+
+
+def markdown(res: dict, meta: dict) -> str:
+    cols = ("generated", "killed", "survived", "equivalent", "not_killed", "unexplained",
+            "no_tests", "timeout", "other")
+    total = {c: sum(r[c] for r in res.values()) for c in cols}
+    non_eq = total["generated"] - total["equivalent"]
+    lines = [
+        "# Mutation testing of the core math",
+        "",
+        "Written by `python -m benchmarks.mutation --write-docs` from one real run; every "
+        "number below is from that run (see the header). Rerun it after changing the math "
+        "or the fast test subset.",
+        "",
+        f"- date: {meta['date']}; commit: {meta['commit']}; machine: {meta['machine']}",
+        f"- tool: mutmut {meta['mutmut']} (config: `[tool.mutmut]` in pyproject.toml), "
+        f"{meta['max_children']} mutant(s) at a time; wall time of the mutmut run: "
+        f"{meta['wall']}",
+        f"- modules: {', '.join(f'refdiff/{m}.py' for m in res)}",
+        f"- fast test subset (mutmut runs, per mutant, the tests of this subset that cover "
+        f"the mutated function; `-x`, Hypothesis CI profile): "
+        f"{', '.join(t.removeprefix('tests/') for t in meta['subset'])}",
+        "",
+        "## Policy",
+        "",
+        "- `raise` statements are not mutated (`do_not_mutate_patterns`): the condition that "
+        "guards each one is mutated and must be killed; the exception type is pinned by "
+        "tests/test_errors.py; the message text is prose, so mutating it (mutmut's "
+        "`\"XX\" + text + \"XX\"`) measures nothing. Every other mutant counts, string "
+        "options (`\"fixed_small\"`, `\"leading\"`) included.",
+        "- *equivalent*: the mutant computes the same function; each one has a one-line "
+        "proof below. *not killed*: a real change that the subset does not kill, with the "
+        "reason. *unexplained*: a survivor with neither, the thing to fix. *no tests*: the "
+        "mutated function is not run by the fast subset at all.",
+        "- Score = killed / (generated − equivalent).",
+        "",
+        "## Counts",
+        "",
+        "| module | " + " | ".join(c.replace("_", " ") for c in cols) + " | score |",
+        "|---" * (len(cols) + 2) + "|",
+    ]
+    for m, r in res.items():
+        denom = r["generated"] - r["equivalent"]
+        score = f"{100 * r['killed'] / denom:.1f} %" if denom else "–"
+        lines.append(f"| {m} | " + " | ".join(str(r[c]) for c in cols) + f" | {score} |")
+    score = f"{100 * total['killed'] / non_eq:.1f} %" if non_eq else "–"
+    lines.append("| **all** | " + " | ".join(f"**{total[c]}**" for c in cols)
+                 + f" | **{score}** |")
+    for title, keep in (("Equivalent mutants", lambda s: s["kind"] == "equivalent"),
+                        ("Survivors not killed (with the reason)",
+                         lambda s: s["kind"] == "not killed"),
+                        ("Unexplained survivors (to kill or to explain)",
+                         lambda s: s["status"] == "survived"
+                         and s["kind"] in ("unexplained", "stale annotation")),
+                        ("Mutants no test of the subset runs", lambda s: s["status"] == "no tests"),
+                        ("Timeouts and others", lambda s: s["status"] not in ("survived",
+                                                                              "no tests"))):
+        rows = [s for r in res.values() for s in r["survivors"] if keep(s)]
+        lines += ["", f"## {title} ({len(rows)})", ""]
+        if not rows:
+            lines.append("None.")
+            continue
+        if title.startswith("Mutants no test"):  # one line per function, not per mutant
+            by_fn = Counter(re.sub(r"__mutmut_\d+$", "", s["name"]).replace(".x_", ".", 1)
+                            for s in rows)
+            lines += [f"- `{fn}`: {n}" for fn, n in sorted(by_fn.items())]
+            continue
+        for s in rows:
+            change = "; ".join(s["plus"])[:160] or "(line removed)"
+            why = f" — {s['reason']}" if s["reason"] else ""
+            stale = " (STALE: mutated line no longer matches)" if s["kind"] == "stale annotation" else ""
+            lines.append(f"- `{s['name']}` ({s['status']}): `{change}`{why}{stale}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    """``python -m benchmarks.mutation``: 0 on success; a bad argument prints one line, 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args, out = _parse(argv)
+    except UsageError as exc:
+        print(f"python -m benchmarks.mutation: {exc}", file=sys.stderr)
+        return 2
+    import mutmut  # the test extra
+
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="refdiff-mutation-")
+        workdir = Path(tmp.name)
+    else:
+        workdir = Path(args.workdir).resolve()
+    try:
+        wall = None
+        if not args.report_only:
+            prepare(workdir)
+            wall = run_mutmut(workdir, args.modules, args.max_children)
+            (workdir / "mutation_wall.json").write_text(json.dumps(
+                {"wall_s": wall, "modules": args.modules}))
+        elif (workdir / "mutation_wall.json").exists():
+            wall = json.loads((workdir / "mutation_wall.json").read_text())["wall_s"]
+        res = collect(workdir, args.modules)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    meta = {"date": _dt.date.today().isoformat(), "commit": _commit(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
+                       f"{platform.python_version()}",
+            "mutmut": getattr(mutmut, "__version__", "?"), "max_children": args.max_children,
+            "wall": f"{wall / 60:.1f} min" if wall is not None else "not recorded",
+            "subset": _fast_subset()}
+    out.write_text(markdown(res, meta))
+    json_p = out.with_suffix(".json") if not args.write_docs else None
+    if json_p is not None:
+        json_p.write_text(json.dumps({"meta": meta, "modules": res}, indent=1))
+    print(f"wrote {out}" + (f" and {json_p}" if json_p else ""), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
