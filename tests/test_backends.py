@@ -50,6 +50,81 @@ CASES = {
 COND = 10.0
 
 
+def _b(v, x):
+    """A per-step level (float or (B,)) shaped to broadcast against x."""
+    return v if np.ndim(v) == 0 else np.reshape(v, (-1,) + (1,) * (x.ndim - 1))
+
+
+def _x0(x, e, t):                                   # DDPM Eq. 15
+    return (x - np.sqrt(1 - t) * e) / np.sqrt(t)
+
+
+def _ddim(x, e, t, p, eta=0.0, z=0.0, clip=None, rederive=True):
+    """DDIM arXiv:2010.02502v4 Eqs. 12 and 16, written out (x̂_0 clipped if asked)."""
+    t, p = _b(t, x), _b(p, x)
+    x0 = _x0(x, e, t)
+    if clip is not None:
+        x0 = np.clip(x0, -clip, clip)
+        e = (x - np.sqrt(t) * x0) / np.sqrt(1 - t) if rederive else e
+    sigma = eta * np.sqrt((1 - p) / (1 - t)) * np.sqrt(1 - t / p) if eta else 0.0
+    return np.sqrt(p) * x0 + np.sqrt(np.maximum(1 - p - sigma**2, 0)) * e + sigma * z
+
+
+def _ddpm(x, e, t, p, large=False, clip=None):
+    """DDPM arXiv:2006.11239v2 Eqs. 6–7 on the respaced pair: (μ̃, σ²)."""
+    t, p = _b(t, x), _b(p, x)
+    beta = 1 - t / p
+    x0 = _x0(x, e, t) if clip is None else np.clip(_x0(x, e, t), -clip, clip)
+    mean = np.sqrt(p) * beta / (1 - t) * x0 + np.sqrt(1 - beta) * (1 - p) / (1 - t) * x
+    return mean, beta if large else (1 - p) / (1 - t) * beta
+
+
+def _rescale(g, c, phi):
+    """ZSNR arXiv:2305.08891v4 Eqs. 15–16, population σ per sample (σ_g = 0: unchanged)."""
+    axes = tuple(range(1, g.ndim))
+    sg, sc = g.std(axis=axes, keepdims=True), c.std(axis=axes, keepdims=True)
+    const = np.ptp(g, axis=axes, keepdims=True) == 0            # σ_g = 0 exactly
+    return phi * g * np.where(const, 1.0, sc / np.where(const, 1.0, sg)) + (1 - phi) * g
+
+
+# The NumPy float64 reference of each case, checked against the formula written here (so the
+# NumPy float64 row is not a comparison of refdiff with itself).
+INDEPENDENT = {
+    "q_sample": lambda a, t, p: np.sqrt(_b(t, a[0])) * a[0] + np.sqrt(1 - _b(t, a[0])) * a[1],
+    "v_target": lambda a, t, p: np.sqrt(_b(t, a[0])) * a[1] - np.sqrt(1 - _b(t, a[0])) * a[0],
+    "predict_x0_eps-epsilon": lambda a, t, p: (_x0(a[0], a[1], _b(t, a[0])), a[1]),
+    "predict_x0_eps-sample": lambda a, t, p: (
+        a[1], (a[0] - np.sqrt(_b(t, a[0])) * a[1]) / np.sqrt(1 - _b(t, a[0]))),
+    "predict_x0_eps-v": lambda a, t, p: (
+        np.sqrt(_b(t, a[0])) * a[0] - np.sqrt(1 - _b(t, a[0])) * a[1],
+        np.sqrt(_b(t, a[0])) * a[1] + np.sqrt(1 - _b(t, a[0])) * a[0]),
+    "prediction_from_x0_eps-v": lambda a, t, p: (
+        np.sqrt(_b(t, a[0])) * a[1] - np.sqrt(1 - _b(t, a[0])) * a[0]),
+    "q_posterior": lambda a, t, p: _ddpm(  # the posterior at x_0: ε = (x_t − √ᾱ·x_0)/√(1−ᾱ)
+        a[1], (a[1] - np.sqrt(_b(t, a[0])) * a[0]) / np.sqrt(1 - _b(t, a[0])), t, p),
+    "ddpm_step-small": lambda a, t, p: (lambda m, v: m + np.sqrt(v) * a[2])(
+        *_ddpm(a[0], a[1], t, p)),
+    "ddpm_step-large-clip": lambda a, t, p: (lambda m, v: m + np.sqrt(v) * a[2])(
+        *_ddpm(a[0], a[1], t, p, large=True, clip=1.0)),
+    "ddpm_mean_variance": lambda a, t, p: _ddpm(a[0], a[1], t, p),
+    "ddim_step-eta0": lambda a, t, p: _ddim(a[0], a[1], t, p),
+    "ddim_step-eta0.6-clip": lambda a, t, p: _ddim(a[0], a[1], t, p, 0.6, a[2], clip=1.0),
+    "ddim_step-clip-keep-eps": lambda a, t, p: _ddim(a[0], a[1], t, p, clip=0.5,
+                                                     rederive=False),
+    "ddim_inversion_step": lambda a, t, p: _ddim(a[0], a[1], p, t),  # η = 0 both ways
+    "cfg": lambda a, t, p: a[0] + 4.5 * (a[1] - a[0]),
+    "cfg-interp": lambda a, t, p: a[0] + 0.3 * (a[1] - a[0]),
+    "cfg_multi": lambda a, t, p: a[0] + 2.0 * (a[1] - a[0]) - 0.5 * (a[2] - a[0]),
+    "guidance_rescale": lambda a, t, p: _rescale(a[0], a[1], 0.7),
+    "classifier_guided_eps": lambda a, t, p: a[0] - 3.0 * np.sqrt(1 - _b(t, a[0])) * a[1],
+    "classifier_guided_mean": lambda a, t, p: a[0] + 3.0 * 0.2 * a[1],
+}
+
+
+def test_every_case_has_an_independent_form():
+    assert set(INDEPENDENT) == set(CASES)
+
+
 def _as_tuple(out):
     return out if isinstance(out, tuple) else (out,)
 
@@ -72,6 +147,11 @@ def test_matches_numpy_float64(target, case, data, per_sample):
     actual = _as_tuple(fn([target.put(a) for a in arrays], t_row, p_row))
     scale = COND * max(1.0, *(float(np.abs(a).max()) for a in rounded),
                        *(float(np.abs(e).max()) for e in expected))
+    # the reference against the paper's formula in float64: same inputs, a different order of
+    # operations (and x̂_0 formed where refdiff folds it), so a few ulps of the scale differ
+    for ref, form in zip(expected, _as_tuple(INDEPENDENT[case](rounded, t_np, p_np))):
+        np.testing.assert_allclose(ref, np.broadcast_to(form, np.shape(ref)), rtol=0,
+                                   atol=1e-13 * scale)
     for got, ref in zip(actual, expected):
         assert_close(got, ref, dtype=target.dtype, device=target.device, scale=scale)
 

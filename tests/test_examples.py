@@ -33,7 +33,14 @@ def _run(name, argv, monkeypatch, capsys):
 
 def test_guidance_sweep(tmp_path, monkeypatch, capsys):
     out = _run("guidance_sweep", ["--quick", "--out-dir", str(tmp_path)], monkeypatch, capsys)
-    assert out.count("accuracy") == 2
+    # one table per sampler; rows "scale accuracy spread SW1": guidance must raise accuracy
+    tables = [block for block in out.split("accuracy")[1:]]
+    assert len(tables) == 2
+    for table in tables:
+        rows = [ln.split() for ln in table.splitlines()[1:] if ln.split()[:1]
+                and ln.split()[0].replace(".", "").isdigit()]
+        acc = {float(r[0]): float(r[1]) for r in rows if len(r) >= 4}
+        assert len(acc) >= 2 and acc[max(acc)] > acc[min(acc)] + 0.2, acc
 
 
 def test_cg_vs_cfg(tmp_path, monkeypatch, capsys):

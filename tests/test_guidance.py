@@ -61,12 +61,17 @@ def test_guidance_rescale(b, phi):
     assert rd.guidance_rescale(g, c, 0.0).tobytes() == g.tobytes()
     out = rd.guidance_rescale(g, c, phi)
     axes = tuple(range(1, g.ndim))
-    sg, sc = g.std(axis=axes), c.std(axis=axes)
+    # ZSNR arXiv:2305.08891v4 Eqs. 15–16 written here (population σ per sample; a zero guided
+    # σ leaves the sample as it is): x_rescaled = x·σ_c/σ_g, out = φ·x_rescaled + (1 − φ)·x
+    sg, sc = g.std(axis=axes, keepdims=True), c.std(axis=axes, keepdims=True)
+    ok = (sg > 1e-6).reshape(-1)
+    expected = phi * (g * (sc / np.where(sg > 1e-6, sg, 1.0))) + (1 - phi) * g
+    scale = 1.0 + np.abs(g).max() * (1.0 + (sc / np.where(sg > 1e-6, sg, 1.0)).max())
+    np.testing.assert_allclose(out[ok], expected[ok], rtol=0, atol=1e-12 * scale)
+    # φ = 1 matches the conditional σ per sample (where the guided σ is not 0)
     full = rd.guidance_rescale(g, c, 1.0)
-    ok = sg > 1e-6
-    # φ = 1 matches the conditional std per sample (where the guided std is not 0)
-    np.testing.assert_allclose(full.std(axis=axes)[ok], sc[ok], rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(out, phi * full + (1 - phi) * g, atol=1e-12)
+    np.testing.assert_allclose(full.std(axis=axes)[ok], sc.reshape(-1)[ok], rtol=1e-9,
+                               atol=1e-12)
 
 
 def test_guidance_rescale_zero_std_guard():

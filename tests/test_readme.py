@@ -3,6 +3,7 @@
 import pathlib
 import re
 
+import numpy as np
 import pytest
 
 README = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
@@ -16,7 +17,56 @@ def test_readme_python_block_runs(i):
         torch = pytest.importorskip("torch")
         if not torch.cuda.is_available():
             code = code.replace('device="cuda"', 'device="cpu"')
-    exec(compile(code, f"README block {i}", "exec"), {})
+    ns: dict = {}
+    exec(compile(code, f"README block {i}", "exec"), ns)
+    CHECKS[_key(code)](ns)
+
+
+def _key(code):
+    for key in CHECKS:
+        if key in code:
+            return key
+    raise AssertionError(f"no check for README block:\n{code[:200]}")
+
+
+def _quickstart(ns):
+    """A zero model gives ε̂ = 0: each DDIM step multiplies x by √(ᾱ_prev/ᾱ_t) (DDIM Eq. 12),
+    so the loop returns x_T/√ᾱ_{t_1} and the single step x_T·√(ᾱ_979/ᾱ_999)."""
+    ab = ns["schedule"].alpha_bar
+    np.testing.assert_allclose(ns["x_0"], ns["x_T"] / np.sqrt(ab(int(ns["timesteps"][0]))),
+                               rtol=1e-12)
+    np.testing.assert_allclose(ns["x_prev"], ns["x_T"] * np.sqrt(ab(979) / ab(999)), rtol=1e-12)
+
+
+def _gpu(ns):
+    """float16 results against float64 forms of the same inputs. CFG: three roundings of terms
+    up to |ε_u| + 7.5·|ε_c − ε_u| ≤ 17·max|ε| (≈ 2·|result|), so ≤ 6u·|result|·2 ≈ 6e-3·max;
+    q_sample: three roundings of terms ≤ max|x|, ≤ 2e-3·max. A sign or scale slip is O(1)."""
+    torch = ns["torch"]
+    x_t, eps_u, eps_c, eps = ns["x_t"], ns["eps_u"], ns["eps_c"], ns["eps"]
+    assert eps.dtype == x_t.dtype == ns["x_prev"].dtype and eps.device == x_t.device
+    want = (eps_u.double() + 7.5 * (eps_c.double() - eps_u.double()))  # CFG, float64
+    assert torch.allclose(eps.double(), want, rtol=0, atol=6e-3 * float(want.abs().max()))
+    ab = ns["per_sample"].reshape(-1, 1, 1, 1)
+    want = ab.sqrt() * x_t.double() + (1 - ab).sqrt() * eps_u.double()  # q(x_t | x_0), Eq. 4
+    got = ns["x_noisy"]
+    assert got.dtype == torch.float16
+    assert torch.allclose(got.double(), want, rtol=0, atol=2e-3 * float(want.abs().max()))
+
+
+def _oracle(ns):
+    assert ns["x_t"].shape == (1000, 2) and ns["labels"].shape == (1000,)
+    assert ns["grad"].shape == (1000, 2)
+    # the exact class-conditional ε differs from the unconditional one (class 1 of 3)
+    assert np.abs(np.asarray(ns["eps_c"]) - np.asarray(ns["eps_u"])).max() > 1e-3
+
+
+def _kit(ns):
+    ns["test_my_ddim_step"]()  # the block's own test passes on the correct step
+
+
+CHECKS = {"rd.sample(model, x_T": _quickstart, 'device="c': _gpu,
+          "demo_mixture": _oracle, "check_ddim_step": _kit}
 
 
 def test_readme_has_blocks():

@@ -78,7 +78,6 @@ def test_cfg_digits(tmp_path, cache_dir, monkeypatch, capsys):
     assert r["evaluator_test_accuracy"] > 0.95  # 0.989
     for sampler in ("ddim", "ddpm"):
         c = {s: r[sampler][str(s)]["consistency"] for s in r["scales"]}
-        assert all(0.0 <= v <= 1.0 for v in c.values())
         assert c[3.0] > c[0.0] + 0.3  # quick model: 0.97 vs 0.10 (DDIM)
     assert "DDPM 10 steps" in capsys.readouterr().out
 
