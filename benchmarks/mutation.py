@@ -54,11 +54,71 @@ COPY_IGNORE = shutil.ignore_patterns(".git", "mutants", "__pycache__", ".hypothe
 # Survivors that no test can kill because the mutant computes the same function. Key: the
 # mutant's name; value: (a fragment of the mutated line, so that a renumbering after a source
 # change shows up as "stale", the one-line proof).
-EQUIVALENT: dict[str, tuple[str, str]] = {}
+_COPY = "x / 1.0 and x * 1.0 are both an exact copy (IEEE multiplication and division by 1 are exact)"
+_CG0 = "the private body returns mean * 1.0 at s = 0 before it reads xp or g"
+EQUIVALENT: dict[str, tuple[str, str]] = {
+    "refdiff.classifier_free.x__cfg_multi__mutmut_14": ("eps_uncond / 1.0", _COPY),
+    "refdiff.classifier_free.x__guidance_rescale__mutmut_7": ("eps_guided / 1.0", _COPY),
+    "refdiff.classifier_free.x__guidance_rescale__mutmut_49": (
+        "xp.where(std_g == 0, 2.0, std_g)", "where σ(ε̃) = 0 the quotient is discarded by the "
+        "outer where; any nonzero placeholder divisor gives the same result"),
+    "refdiff.classifier_free.x__std_per_sample__mutmut_47": (
+        "xp.where(m == 0, 2.0, m)", "where m = 0 every d is 0, so d/1 = d/2 = 0 and σ·m = 0"),
+    "refdiff.classifier_free.x_guidance_rescale__mutmut_12": (
+        "_xp.is_array(None)", "an array phi is then refused by _xp.number with the same "
+        "TypeError; only the message changes"),
+    "refdiff.classifier_guidance.x__label_log_prob__mutmut_3": (
+        "dtype=None", "the class indices' integer dtype: == promotes within the integers, "
+        "the booleans are the same"),
+    "refdiff.classifier_guidance.x__label_log_prob__mutmut_6": (
+        "xp.arange(logits.shape[1], device=", "as _3: the dtype of the class indices"),
+    "refdiff.classifier_guidance.x__label_log_prob__mutmut_15": (
+        "axis=+1", "labels are checked to be 1-D, where expand_dims at 1 and at -1 agree"),
+    "refdiff.classifier_guidance.x__label_log_prob__mutmut_33": (
+        "axis=+1", "logits are checked to be 2-D (B, K), where axis 1 is the last"),
+    "refdiff.classifier_guidance.x_classifier_guided_mean__mutmut_26": (
+        "_classifier_guided_mean(None", _CG0),
+    "refdiff.classifier_guidance.x_classifier_guided_mean__mutmut_28": (
+        "_classifier_guided_mean(xp, mean, None, None, s)", _CG0),
+    "refdiff.classifier_free.x__lerp__mutmut_5": ("return a / 1.0", _COPY),
+    "refdiff.classifier_free.x__lerp__mutmut_9": ("return b / 1.0", _COPY),
+    "refdiff.classifier_guidance.x__classifier_guided_eps__mutmut_6": ("return eps / 1.0", _COPY),
+    "refdiff.classifier_guidance.x__classifier_guided_mean__mutmut_6": ("return mean / 1.0",
+                                                                        _COPY),
+    "refdiff.classifier_guidance.x_classifier_guided_mean__mutmut_39": (
+        "variance.ndim >= 0", "differs only for a 0-d mean with a 0-d variance, which both "
+        "branches check the same way (library, floating dtype, range [0, inf]) and use as is"),
+    "refdiff.classifier_guidance.x_classifier_guided_mean__mutmut_40": (
+        "variance.ndim > 1", "differs only for a 1-D mean with a 1-D variance: _xp.level shapes a "
+        "(B,) level against a (B,) mean as (B,), the same array, with the same checks"),
+    "refdiff.classifier_guidance.x_classifier_guided_mean__mutmut_77": (
+        "variance, mean, hi=math.inf)", "_xp.level's default lo is 0.0, the value removed"),
+    "refdiff.steps.x__ddpm_mean_variance__mutmut_38": (
+        "rederive_eps=None", "the re-derived ε̂ is discarded (`x0_hat, _ = ...`): only x̂_0 is used"),
+    "refdiff.steps.x__ddpm_mean_variance__mutmut_46": (
+        "rederive_eps=True", "as _38: the DDPM mean uses x̂_0 only, the ε̂ output is discarded"),
+    "refdiff.steps.x__ddim_inversion_step__mutmut_1": (
+        "rederive_eps: bool = False", "a default of the private body that no caller uses: "
+        "steps.ddim_inversion_step and sampling.ddim_invert both pass rederive_eps"),
+}
 
 # Survivors left alive on purpose, with the reason (not equivalent, but not worth a test or
 # outside what the fast subset can see). Same format as EQUIVALENT.
-NOT_KILLED: dict[str, tuple[str, str]] = {}
+_HALF = ("at s = 0.5 exactly the two forms a + s·d and b − (1 − s)·d are both the documented "
+         "lerp and differ at most in the last bit; a test could only pin which rounding, not "
+         "the math")
+NOT_KILLED: dict[str, tuple[str, str]] = {
+    "refdiff.classifier_free.x__lerp__mutmut_16": ("s <= 0.5", _HALF),
+    "refdiff.classifier_free.x__lerp__mutmut_32": ("s <= 0.5", _HALF),
+    "refdiff.steps.x__check_eta__mutmut_21": (
+        "r >= 1 + 1e-12", "differs only when r equals the float 1 + 1e-12 exactly, a tolerance "
+        "edge with no meaning of its own"),
+    "refdiff.steps.x__check_eta__mutmut_30": ("r >= 1 + 1e-12", "as _21, for array levels"),
+    "refdiff.steps.x__ddim_sigma__mutmut_14": ("xp.clip(1.0 - r, )", "as _12"),
+    "refdiff.steps.x__ddim_sigma__mutmut_12": (
+        "min=None", "the clip guards 1 − r against rounding below 0 at the largest legal η "
+        "with array levels; no test input found yet whose r rounds above 1 there"),
+}
 
 
 class UsageError(Exception):
@@ -77,12 +137,15 @@ def _parse(argv):
     p.add_argument("--out", default=None,
                    help=f"markdown report (default ./{DEFAULT_OUT}); the JSON goes next to it")
     p.add_argument("--write-docs", action="store_true",
-                   help="write the tracked report docs/mutation.md instead (all modules)")
+                   help="write the tracked report docs/mutation.md instead of --out")
     p.add_argument("--workdir", default=None,
                    help="the copy of the repository mutmut runs in (default: a temporary "
                         "folder, removed afterwards); kept when given, so reruns are incremental")
     p.add_argument("--report-only", action="store_true",
                    help="do not run mutmut: report the results already in --workdir")
+    p.add_argument("--rerun-survivors", action="store_true",
+                   help="in a kept --workdir: rerun only the mutants that were not killed "
+                        "(after adding tests), with the test-to-function map recollected")
     p.add_argument("--max-children", type=int, default=1,
                    help="mutants run in parallel (default 1: the suite is CPU-bound)")
     args = p.parse_args(argv)
@@ -90,8 +153,10 @@ def _parse(argv):
     if bad:
         raise UsageError(f"--modules: unknown module(s) {', '.join(bad)}; choose from "
                          f"{', '.join(MODULES)}")
-    if args.report_only and args.workdir is None:
-        raise UsageError("--report-only reads a finished run: give its --workdir")
+    if (args.report_only or args.rerun_survivors) and args.workdir is None:
+        raise UsageError("--report-only and --rerun-survivors need the --workdir of a run")
+    if args.report_only and args.rerun_survivors:
+        raise UsageError("--report-only runs nothing; drop --rerun-survivors")
     if args.max_children < 1:
         raise UsageError(f"--max-children must be >= 1, got {args.max_children}")
     if args.write_docs and args.out is not None:
@@ -130,9 +195,26 @@ def prepare(workdir: Path) -> None:
         raise RuntimeError(f"in the copy, refdiff resolves to {found}, not to {workdir}")
 
 
-def run_mutmut(workdir: Path, modules, max_children: int, *, quiet: bool = False) -> float:
-    """Run mutmut on ``modules`` inside ``workdir``; returns the wall time in seconds."""
-    names = [f"refdiff.{m}.*" for m in modules]
+def unkilled(workdir: Path, modules) -> list[str]:
+    """The mutants of ``modules`` in ``workdir`` whose last verdict is not "killed"."""
+    names = []
+    for m in modules:
+        meta = workdir / "mutants" / "refdiff" / f"{m}.py.meta"
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        names += [k for k, c in codes.items() if STATUS.get(c, "suspicious") != "killed"]
+    return names
+
+
+def run_mutmut(workdir: Path, modules, max_children: int, *, names=None,
+               quiet: bool = False) -> float:
+    """Run mutmut on ``modules`` (or on the mutants ``names``) inside ``workdir``; returns the
+    wall time in seconds. Named mutants are rerun even when they have a verdict."""
+    if names is None:
+        names = [f"refdiff.{m}.*" for m in modules]
+    else:  # new tests: recollect which tests cover which function (mutmut caches it)
+        (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+        if not names:
+            return 0.0
     cmd = ["mutmut", "run", "--max-children", str(max_children), *names]
     t0 = time.perf_counter()
     with open(workdir / "mutmut_run.log", "w") as log:  # mutmut's progress line, redrawn
@@ -143,6 +225,45 @@ def run_mutmut(workdir: Path, modules, max_children: int, *, quiet: bool = False
     if not quiet:
         print(f"mutmut: {wall:.0f} s", file=sys.stderr)
     return wall
+
+
+_LITERAL = re.compile(r"""[rbuf]*"(?:[^"\\]|\\.)*"|[rbuf]*'(?:[^'\\]|\\.)*'|\bNone\b""")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[.*\])?$")
+
+
+def _parameters(source: Path) -> dict[str, set[str]]:
+    """Function name -> its parameter names (methods under their own name too)."""
+    import ast
+
+    out: dict[str, set[str]] = {}
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            names = {x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)}
+            out.setdefault(node.name, set()).update(names)
+    return out
+
+
+def _is_message_text(name: str, minus: list[str], plus: list[str], params) -> bool:
+    """True if the mutant only renames an argument's name where it is handed to a check
+    (``_xp.level(xp, "alpha_bar_t", ...)`` -> ``"XXalpha_bar_tXX"`` or ``None``): that
+    string only ever reaches an error message."""
+    if len(minus) != 1 or len(plus) != 1:
+        return False
+    if _LITERAL.sub("S", minus[0]) != _LITERAL.sub("S", plus[0]):
+        return False
+    old = [m.group(0) for m in _LITERAL.finditer(minus[0])]
+    new = [m.group(0) for m in _LITERAL.finditer(plus[0])]
+    changed = [o for o, n in zip(old, new) if o != n]
+    fn = re.sub(r"__mutmut_\d+$", "", name.rpartition(".")[2]).removeprefix("x_")
+    fn = fn.split("\u01c1")[-1]  # methods: mutmut joins class and method with "ǁ"
+    own = params.get(fn, set())
+    for lit in changed:
+        text = lit.strip("rbuf")[1:-1] if lit != "None" else ""
+        base = re.sub(r"\[.*", "", text.replace("{", "").replace("}", ""))
+        if not (_NAME.match(text.replace("{", "").replace("}", "")) and base in own):
+            return False
+    return bool(changed)
 
 
 def _changed_lines(diff: str) -> tuple[list[str], list[str]]:
@@ -161,6 +282,7 @@ def collect(workdir: Path, modules) -> dict:
 
         res = {}
         for m in modules:
+            params = _parameters(Path(f"refdiff/{m}.py"))
             meta = json.loads(Path(f"mutants/refdiff/{m}.py.meta").read_text())
             codes = meta["exit_code_by_key"]
             counts = Counter(STATUS.get(c, "suspicious") for c in codes.values())
@@ -172,6 +294,8 @@ def collect(workdir: Path, modules) -> dict:
                 diff = get_diff_for_mutant(name, path=f"refdiff/{m}.py")
                 minus, plus = _changed_lines(diff)
                 kind, reason = "unexplained", ""
+                if status == "survived" and _is_message_text(name, minus, plus, params):
+                    kind = "message text"
                 for table, label in ((EQUIVALENT, "equivalent"), (NOT_KILLED, "not killed")):
                     if name in table:
                         fragment, reason = table[name]
@@ -181,7 +305,8 @@ def collect(workdir: Path, modules) -> dict:
             kinds = Counter(s["kind"] for s in survivors if s["status"] == "survived")
             res[m] = {"generated": len(codes), "killed": counts["killed"],
                       "survived": counts["survived"], "equivalent": kinds["equivalent"],
-                      "not_killed": kinds["not killed"], "unexplained": kinds["unexplained"]
+                      "not_killed": kinds["not killed"],
+                      "message_text": kinds["message text"], "unexplained": kinds["unexplained"]
                       + kinds["stale annotation"], "no_tests": counts["no tests"],
                       "timeout": counts["timeout"], "other": counts["suspicious"]
                       + counts["skipped"] + counts["not run"], "survivors": survivors}
@@ -215,10 +340,10 @@ def _fast_subset() -> list[str]:
 
 
 def markdown(res: dict, meta: dict) -> str:
-    cols = ("generated", "killed", "survived", "equivalent", "not_killed", "unexplained",
-            "no_tests", "timeout", "other")
+    cols = ("generated", "killed", "survived", "equivalent", "message_text", "not_killed",
+            "unexplained", "no_tests", "timeout", "other")
     total = {c: sum(r[c] for r in res.values()) for c in cols}
-    non_eq = total["generated"] - total["equivalent"]
+    non_eq = total["generated"] - total["equivalent"] - total["message_text"]
     lines = [
         "# Mutation testing of the core math",
         "",
@@ -228,9 +353,11 @@ def markdown(res: dict, meta: dict) -> str:
         "",
         f"- date: {meta['date']}; commit: {meta['commit']}; machine: {meta['machine']}",
         f"- tool: mutmut {meta['mutmut']} (config: `[tool.mutmut]` in pyproject.toml), "
-        f"{meta['max_children']} mutant(s) at a time; wall time of the mutmut run: "
-        f"{meta['wall']}",
-        f"- modules: {', '.join(f'refdiff/{m}.py' for m in res)}",
+        f"{meta['max_children']} mutant(s) at a time; wall time of the mutmut runs in this "
+        f"work folder: {meta['wall']}",
+        f"- modules: {', '.join(f'refdiff/{m}.py' for m in res)}"
+        + (f"; not run in this record: {', '.join(m for m in MODULES if m not in res)} "
+           f"(`--modules` to add them)" if len(res) < len(MODULES) else ""),
         f"- fast test subset (mutmut runs, per mutant, the tests of this subset that cover "
         f"the mutated function; `-x`, Hypothesis CI profile): "
         f"{', '.join(t.removeprefix('tests/') for t in meta['subset'])}",
@@ -246,7 +373,14 @@ def markdown(res: dict, meta: dict) -> str:
         "proof below. *not killed*: a real change that the subset does not kill, with the "
         "reason. *unexplained*: a survivor with neither, the thing to fix. *no tests*: the "
         "mutated function is not run by the fast subset at all.",
-        "- Score = killed / (generated − equivalent).",
+        "- *message text*: a surviving mutant that only changes the name of an argument where "
+        "it is handed to a check (`_xp.level(xp, \"alpha_bar_t\", ...)` → `\"XXalpha_bar_tXX\"` "
+        "or `None`): that string only reaches an error message, so it falls under the same "
+        "policy as the `raise` statements. Counted, classified automatically "
+        "(`_is_message_text` in benchmarks/mutation.py), listed by function, and left out of "
+        "the score.",
+        "- Score = killed / (generated − equivalent − message text). Survivors, no-tests and "
+        "timeouts count against it.",
         "",
         "## Counts",
         "",
@@ -254,7 +388,7 @@ def markdown(res: dict, meta: dict) -> str:
         "|---" * (len(cols) + 2) + "|",
     ]
     for m, r in res.items():
-        denom = r["generated"] - r["equivalent"]
+        denom = r["generated"] - r["equivalent"] - r["message_text"]
         score = f"{100 * r['killed'] / denom:.1f} %" if denom else "–"
         lines.append(f"| {m} | " + " | ".join(str(r[c]) for c in cols) + f" | {score} |")
     score = f"{100 * total['killed'] / non_eq:.1f} %" if non_eq else "–"
@@ -266,6 +400,7 @@ def markdown(res: dict, meta: dict) -> str:
                         ("Unexplained survivors (to kill or to explain)",
                          lambda s: s["status"] == "survived"
                          and s["kind"] in ("unexplained", "stale annotation")),
+                        ("Message-text mutants", lambda s: s["kind"] == "message text"),
                         ("Mutants no test of the subset runs", lambda s: s["status"] == "no tests"),
                         ("Timeouts and others", lambda s: s["status"] not in ("survived",
                                                                               "no tests"))):
@@ -274,13 +409,14 @@ def markdown(res: dict, meta: dict) -> str:
         if not rows:
             lines.append("None.")
             continue
-        if title.startswith("Mutants no test"):  # one line per function, not per mutant
+        if title.startswith(("Mutants no test", "Message")):  # one line per function
             by_fn = Counter(re.sub(r"__mutmut_\d+$", "", s["name"]).replace(".x_", ".", 1)
                             for s in rows)
             lines += [f"- `{fn}`: {n}" for fn, n in sorted(by_fn.items())]
             continue
         for s in rows:
-            change = "; ".join(s["plus"])[:160] or "(line removed)"
+            change = "; ".join(re.sub(r"\s+#.*$", "", p) for p in s["plus"])[:160]
+            change = change or "(line removed)"
             why = f" — {s['reason']}" if s["reason"] else ""
             stale = " (STALE: mutated line no longer matches)" if s["kind"] == "stale annotation" else ""
             lines.append(f"- `{s['name']}` ({s['status']}): `{change}`{why}{stale}")
@@ -304,14 +440,15 @@ def main(argv=None) -> int:
     else:
         workdir = Path(args.workdir).resolve()
     try:
-        wall = None
+        log = workdir / "mutation_wall.json"  # one entry per mutmut run in this workdir
+        phases = json.loads(log.read_text()) if log.exists() and not tmp else []
         if not args.report_only:
             prepare(workdir)
-            wall = run_mutmut(workdir, args.modules, args.max_children)
-            (workdir / "mutation_wall.json").write_text(json.dumps(
-                {"wall_s": wall, "modules": args.modules}))
-        elif (workdir / "mutation_wall.json").exists():
-            wall = json.loads((workdir / "mutation_wall.json").read_text())["wall_s"]
+            names = unkilled(workdir, args.modules) if args.rerun_survivors else None
+            wall = run_mutmut(workdir, args.modules, args.max_children, names=names)
+            phases.append({"what": f"rerun of {len(names)} unkilled mutants" if names is not None
+                           else "all mutants", "modules": args.modules, "wall_s": wall})
+            log.write_text(json.dumps(phases))
         res = collect(workdir, args.modules)
     finally:
         if tmp is not None:
@@ -320,7 +457,8 @@ def main(argv=None) -> int:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
                        f"{platform.python_version()}",
             "mutmut": getattr(mutmut, "__version__", "?"), "max_children": args.max_children,
-            "wall": f"{wall / 60:.1f} min" if wall is not None else "not recorded",
+            "wall": "; ".join(f"{p['what']} of {', '.join(p['modules'])}: {p['wall_s'] / 60:.1f} min"
+                              for p in phases) or "not recorded",
             "subset": _fast_subset()}
     out.write_text(markdown(res, meta))
     json_p = out.with_suffix(".json") if not args.write_docs else None
