@@ -230,8 +230,8 @@ def _checked_run(x_T: Any, schedule: Schedule, g: Guidance, *, sampler: Any,
     _xp.choice("prediction_type", prediction_type, PREDICTION_TYPES)
     _xp.choice("final_alpha_bar", final_alpha_bar, FINAL_ALPHA_BARS)
     rederive_eps = _xp.flag("rederive_eps", rederive_eps)
-    _ddim_only(sampler, "classifier_order", _xp.choice("classifier_order", classifier_order,
-                                                       CLASSIFIER_ORDERS), "shift_then_clip")
+    _only(sampler, "ddim", "classifier_order", _xp.choice("classifier_order", classifier_order,
+                                                          CLASSIFIER_ORDERS), "shift_then_clip")
     if classifier_order == "clip_then_shift" and not rederive_eps:
         raise ValueError("classifier_order='clip_then_shift' re-derives eps from the clipped "
                          "x0_hat (guided-diffusion's order); it needs rederive_eps=True")
@@ -271,25 +271,22 @@ def _check_classifier(g: Guidance, classifier_scale: Any) -> None:
                          "nor Guidance.grad_log_prob is given")
 
 
-def _ddim_only(sampler: str, name: str, value: Any, default: Any) -> None:
-    if sampler == "ddpm" and value != default:
-        raise ValueError(f"{name} applies to sampler='ddim' only, got {name}={value!r} with "
-                         "sampler='ddpm'")
+def _only(sampler: str, owner: str, name: str, value: Any, default: Any, why: str = "") -> None:
+    """Refuse an option of the other sampler set to anything but its default."""
+    if sampler != owner and value != default:
+        raise ValueError(f"{name} applies to sampler={owner!r} only, got {name}={value!r} with "
+                         f"sampler={sampler!r}{why}")
 
 
 def _checked_variance(x_T: Any, sampler: str, eta: Any, variance_type: Any,
                       last_step_variance: Any, levels: list[tuple[int, float, float]]) -> Any:
     """DDPM's variance options: (variance_type, zero_beta_tilde) of the run."""
+    _only(sampler, "ddim", "eta", eta, 0, " (DDPM's variance is set by variance_type)")
+    for name, value, default in (("variance_type", variance_type, None),
+                                 ("last_step_variance", last_step_variance, "floor")):
+        _only(sampler, "ddpm", name, value, default, " (DDIM's variance is set by eta)")
     if sampler == "ddim":
-        for name, value, default in (("variance_type", variance_type, None),
-                                     ("last_step_variance", last_step_variance, "floor")):
-            if value != default:
-                raise ValueError(f"{name} applies to sampler='ddpm' only, got {name}={value!r} "
-                                 "with sampler='ddim' (DDIM's variance is set by eta)")
         return "fixed_small", None
-    if eta != 0:
-        raise ValueError(f"eta applies to sampler='ddim' only, got eta={eta!r} with "
-                         "sampler='ddpm' (DDPM's variance is set by variance_type)")
     variance_type = _xp.choice("variance_type", variance_type or "fixed_small", VARIANCE_TYPES)
     _xp.choice("last_step_variance", last_step_variance, LAST_STEP_VARIANCES)
     if variance_type in LEARNED_VARIANCES and x_T.ndim < 2:

@@ -47,9 +47,9 @@ from typing import Any
 
 from refdiff import _xp
 from refdiff._xp import cast, sqrt
-from refdiff.thresholding import DynamicThreshold, _dynamic_threshold
 from refdiff.forward import (_eps_from_x0, _posterior_coefficients, _posterior_mean,
                              _q_sample, _x0_from_eps)
+from refdiff.thresholding import DynamicThreshold, _dynamic_threshold
 
 Clip = float | DynamicThreshold | None  # a checked clip_x0: a bound b, a threshold, or none
 
