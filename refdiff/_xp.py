@@ -10,9 +10,14 @@ is only math. The helpers
   (:func:`number`, :func:`count`, :func:`choice`).
 
 Metadata checks (library, device, dtype, shape) never read values, so they never force a GPU
-synchronisation. Value checks (is ``alpha_bar_t`` in range?) run on Python floats and on arrays
-that live on the host; on an accelerator they are skipped, since reading a device value back
-would stall the stream.
+synchronisation and they run everywhere, under transformations too. Value checks (is
+``alpha_bar_t`` in range? finite? in order?) run on Python floats and on concrete arrays that
+live on the host (:func:`readable`). They are skipped, never a crash, on an accelerator
+(reading a device value back would stall the stream) and on traced values: JAX tracers (under
+``jax.jit``, ``jax.grad``, ``jax.vmap``), torch tensors while TorchDynamo traces
+(``torch.compile``) and functorch-wrapped tensors (``torch.func.grad``, ``torch.func.vmap``),
+whose values do not exist yet. A library's tracers count as that library (a JAX tracer and a
+``jax.Array`` mix freely); a traced array's device is unknown and is not compared.
 
 A per-step scalar is a Python float, a 0-d array or a per-sample array of shape ``(B,)``. A
 Python float stays a Python float (a "weak scalar": it takes the dtype of ``x``); an array is
@@ -26,6 +31,7 @@ Nothing here holds state but one cache of facts about array types and dtypes (``
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, NamedTuple
 
 import array_api_compat as _compat
@@ -44,10 +50,12 @@ class _TypeInfo(NamedTuple):
 
 # The one cache: facts about array *types* (a _TypeInfo per type) and about dtypes (is it real
 # floating?), never about values, for the libraries whose answers depend on the type alone.
-# Other types (third-party namespaces; JAX, whose checks are value-dependent) are asked every
-# call. Filled on first use and never reset: results are those of the uncached calls; only
+# Other types (third-party namespaces) are asked every call. Filled on first use and never reset: results are those of the uncached calls; only
 # the repeated look-ups go (they were most of the per-call cost on small arrays).
-_CACHEABLE = frozenset({"builtins", "numpy", "torch", "array_api_strict"})
+_CACHEABLE = frozenset({"builtins", "numpy", "torch", "array_api_strict", "jax"})
+# a library whose arrays live in more than one top-level package: jax.Array is jaxlib's type,
+# its tracers are jax's
+_ROOT_ALIASES = {"jaxlib": "jax"}
 _FACTS: dict[Any, Any] = {}
 
 
@@ -56,6 +64,7 @@ def _type_info(a: Any) -> _TypeInfo:
     info = _FACTS.get(t)
     if info is None:
         root = t.__module__.split(".")[0]
+        root = _ROOT_ALIASES.get(root, root)
         info = _TypeInfo(root, _compat.is_array_api_obj(a) and not isinstance(a, _SCALARS), None)
         if root in _CACHEABLE:
             _FACTS[t] = info
@@ -79,11 +88,29 @@ def device(a: Any) -> Any:
     return a.device if root in ("torch", "array_api_strict") else _compat.device(a)
 
 
-def on_host(a: Any) -> bool:
-    """True when reading values of ``a`` costs no device synchronisation."""
-    if _type_info(a).root == "numpy":
+def traced(a: Any) -> bool:
+    """True for an array whose values do not exist yet: a JAX tracer, a torch tensor while
+    TorchDynamo traces (``torch.compile``), a functorch-wrapped tensor (``torch.func``)."""
+    root = _type_info(a).root
+    if root == "jax":
+        return bool(_compat.is_lazy_array(a))
+    if root == "torch":  # torch is imported: a is a tensor
+        torch = sys.modules["torch"]
+        return bool(torch.compiler.is_compiling()
+                    or torch._C._functorch.is_functorch_wrapped_tensor(a))
+    return False
+
+
+def readable(a: Any) -> bool:
+    """True when the values of ``a`` can be read now, at no device synchronisation: a concrete
+    (not :func:`traced`) array on the host. Value checks run only on such arrays."""
+    root = _type_info(a).root
+    if root == "numpy":
         return True
-    kind = getattr(device(a), "type", None)  # torch.device has .type; others are host or fake
+    if traced(a):
+        return False
+    dev = device(a)  # torch.device has .type, a jax Device .platform; others: host or fake
+    kind = getattr(dev, "type", None) or getattr(dev, "platform", None)
     return kind in (None, "cpu")
 
 
@@ -136,12 +163,19 @@ def _namespace(items: Any) -> Any:
         raise TypeError(f"expected at least one array argument, got none among {names}; "
                         "pass arrays, or use the xp= keyword where offered")
     if root != "numpy":  # NumPy arrays all live on the host device "cpu"
-        dev = device(named[0][1])
-        for name, a in named[1:]:
-            if device(a) != dev:
-                raise ValueError(f"{named[0][0]} is on device {dev} but {name} is on device "
-                                 f"{device(a)}; move them to one device")
+        _same_device(named)
     return _xp_of(named, one_type)
+
+
+def _same_device(named: list[tuple[str, Any]]) -> None:
+    """ValueError if two arrays are on different devices; a traced JAX array's device is
+    unknown (None) and is not compared."""
+    known = [(name, a, device(a)) for name, a in named]
+    known = [k for k in known if k[2] is not None]
+    for name, a, dev in known[1:]:
+        if dev != known[0][2]:
+            raise ValueError(f"{known[0][0]} is on device {known[0][2]} but {name} is on "
+                             f"device {dev}; move them to one device")
 
 
 def _xp_of(named: list[tuple[str, Any]], one_type: bool) -> Any:
@@ -160,7 +194,7 @@ def _xp_of(named: list[tuple[str, Any]], one_type: bool) -> Any:
 
 def check_floating(xp: Any, name: str, a: Any) -> None:
     """Raise TypeError unless ``a`` has a real floating dtype."""
-    key: tuple[Any, Any] | None = (xp, a.dtype)
+    key: tuple[Any, Any] | None = (type(a), a.dtype)  # a type, not xp: traceable by Dynamo
     try:
         ok = _FACTS.get(key)
     except TypeError:  # an unhashable dtype object: ask every time
@@ -290,8 +324,8 @@ def level(xp: Any, name: str, value: Any, x: Any, *, lo: float = 0.0, hi: float 
 
 def check_values(xp: Any, name: str, value: Any, *, lo: float, hi: float, lo_open: bool = False,
                  hi_open: bool = False) -> None:
-    """ValueError unless every value of a host array is finite and in range (skipped on a device)."""
-    if not on_host(value):
+    """ValueError unless every value is finite and in range (only when :func:`readable`)."""
+    if not readable(value):
         return
     low_bad = value <= lo if lo_open else value < lo
     high_bad = value >= hi if hi_open else value > hi
@@ -320,7 +354,7 @@ def any_real(xp: Any, name: str, value: Any, x: Any) -> Any:
 def check_order(xp: Any, name_hi: str, hi: Any, name_lo: str, lo: Any) -> None:
     """Raise ValueError where ``hi < lo`` (e.g. alpha_bar_prev < alpha_bar_t), host values only."""
     if is_array(hi) or is_array(lo):
-        if not all(on_host(a) for a in (hi, lo) if is_array(a)):
+        if not all(readable(a) for a in (hi, lo) if is_array(a)):
             return
         if bool(xp.any(xp.asarray(hi < lo))):
             raise ValueError(f"{name_hi} must be >= {name_lo}")
@@ -338,10 +372,10 @@ def step_levels(xp: Any, x: Any, alpha_bar_t: Any, alpha_bar_prev: Any) -> Any:
 
 
 def is_zero(xp: Any, v: Any) -> bool:
-    """True where a host value is 0 (a Python float, or any element of a host array)."""
+    """True where a readable value is 0 (a Python float, or any element of a readable array)."""
     if not is_array(v):
         return v == 0
-    return on_host(v) and bool(xp.any(v == 0))
+    return readable(v) and bool(xp.any(v == 0))
 
 
 def choice(name: str, value: Any, valid: tuple[str, ...]) -> str:

@@ -185,7 +185,7 @@ def _check_logits_labels(logits: Any, labels: Any) -> Any:
         raise TypeError(f"labels must be an integer array of shape ({logits.shape[0]},), got "
                         f"{labels.dtype} of shape {tuple(labels.shape)}")
     K = logits.shape[1]
-    if _xp.on_host(labels) and bool(xp.any((labels < 0) | (labels >= K))):
+    if _xp.readable(labels) and bool(xp.any((labels < 0) | (labels >= K))):
         raise ValueError(f"labels must lie in [0, {K - 1}]")
     return xp
 

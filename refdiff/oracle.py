@@ -384,7 +384,7 @@ class GaussianMixture:
         if y.shape != (x_t.shape[0],):
             raise ValueError(f"y must be an int or shape ({x_t.shape[0]},), got {tuple(y.shape)}")
         mask = labels[None, :] == xp.astype(y, xp.int64)[:, None]
-        if _xp.on_host(y) and not bool(xp.all(xp.any(mask, axis=1))):
+        if _xp.readable(y) and not bool(xp.all(xp.any(mask, axis=1))):
             raise self._label_error("values outside them")
         return mask
 

@@ -214,7 +214,7 @@ def _check_eta(xp: Any, eta: Any, ab_t: Any, ab_prev: Any) -> float:
     if not _xp.is_array(r):
         too_large = r > 1 + 1e-12
     else:
-        too_large = _xp.on_host(r) and bool(xp.any(r > 1 + 1e-12))
+        too_large = _xp.readable(r) and bool(xp.any(r > 1 + 1e-12))
     if too_large:
         raise ValueError(f"eta={eta} makes the DDIM variance 1 - alpha_bar_prev - sigma^2 "
                          "negative for this step; use eta <= 1 or a smaller step")
@@ -471,7 +471,7 @@ def ddim_inversion_step(x_t: Any, eps: Any, alpha_bar_t: Any, alpha_bar_next: An
     _refuse_zero_snr(xp, ab_t, x0_hat)
     clip_x0 = _clip_bound(clip_x0)
     rederive_eps = _xp.flag("rederive_eps", rederive_eps)
-    if clip_x0 is not None and rederive_eps and _xp.is_array(ab_t) and _xp.on_host(ab_t) and bool(
+    if clip_x0 is not None and rederive_eps and _xp.is_array(ab_t) and _xp.readable(ab_t) and bool(
             xp.any(ab_t == 1)):
         raise ValueError("rederive_eps=True cannot re-derive eps where alpha_bar_t = 1 (clean "
                          "data: eps = (x_t - x0_hat)/0); pass alpha_bar_t as the float 1.0, "

@@ -113,7 +113,7 @@ def alpha_bar_at(schedule: Any, t: Any) -> Any:
     if not xp.isdtype(t.dtype, "integral"):
         raise TypeError(f"t must have an integer dtype, got {t.dtype}")
     T = schedule.num_train_timesteps
-    if _xp.on_host(t) and bool(xp.any((t < 0) | (t >= T))):
+    if _xp.readable(t) and bool(xp.any((t < 0) | (t >= T))):
         raise ValueError(f"t must lie in [0, {T - 1}]")
     table = xp.asarray(schedule.alphas_cumprod, dtype=xp.float64, device=_xp.device(t))
     return xp.take(table, t, axis=0)
