@@ -7,8 +7,11 @@ refdiff, it may import NumPy and torch (the math modules may not), and nothing i
 
 Modules: :mod:`.timer` (interleaved timing with synchronisation, medians and spread),
 :mod:`.bandwidth` (this machine's copy bandwidth), :mod:`.cases` (each operation as refdiff,
-hand-written NumPy/torch, and diffusers), :mod:`.overhead` (per-call cost on tiny arrays, every
-public function), :mod:`.scaling` (time and peak memory against batch size and steps),
+hand-written NumPy/torch, and diffusers), :mod:`.loops` (the compiled sampling loop
+``DDIMLoop`` on torch and JAX, and JAX's jitted guided step), :mod:`.overhead` (per-call cost
+on tiny arrays, every public function), :mod:`.scaling` (time and peak memory against batch
+size and steps), :mod:`.gpu` (the GPU preset, ``python -m benchmarks --gpu``: the CUDA tests
+and the CUDA rows, merged into a recorded report; without CUDA it says so and exits 0),
 :mod:`.targets` (the benchmark targets: met, not met or not measured, with the reason),
 :mod:`.report` (the markdown report), :mod:`.plot` and :mod:`.cli` (``python -m benchmarks``).
 

@@ -1,22 +1,29 @@
-"""Each benchmarked operation, written four ways and timed side by side, interleaved.
+"""Each benchmarked operation, written several ways and timed side by side, interleaved.
 
 Operations (η = 0 DDIM, scale s = 7.5, ᾱ_t = 0.3, ᾱ_prev = 0.55 for the single steps):
 
 - ``q_sample``: x_t = √ᾱ·x_0 + √(1−ᾱ)·ε;
 - ``cfg``: ε̃ = ε_u + s·(ε_c − ε_u);
-- ``guided_ddim``: CFG then one DDIM step (``cfg`` + ``ddim_step``);
+- ``guided_ddim``: CFG then one DDIM step;
 - ``ddpm_step``: one ancestral DDPM step with σ² = β̃ (noise passed in);
 - ``loop50``: a whole 50-step DDIM sampling loop with CFG, with a trivial model that returns
   precomputed ε_u and ε_c (no work), so the loop's own cost is what is measured.
 
-Implementations: ``refdiff`` (eager), ``hand`` (the same math as a plain NumPy or torch
-expression, scalars as Python floats), ``diffusers`` (``DDIMScheduler.step`` /
-``DDPMScheduler.step`` with hand-written CFG; torch only) and ``compiled``
-(:mod:`refdiff.compiled`, torch only; the loop is not compiled, see docs/speed.md).
+Implementations: ``refdiff`` (eager; for ``guided_ddim`` the spec form
+``ddim_step(x, cfg(ε_u, ε_c, s), ...)``, for ``loop50`` :func:`refdiff.sample`, which takes
+the fused path), ``fused`` (``guided_ddim`` only: :func:`refdiff.guided_ddim_step`, CFG and
+the step as one linear combination A·x_t + B_u·ε_u + B_c·ε_c), ``hand`` (the same math as a
+plain NumPy or torch expression, scalars as Python floats), ``diffusers``
+(``DDIMScheduler.step`` / ``DDPMScheduler.step`` with hand-written CFG; torch only) and
+``compiled`` (torch only: :mod:`refdiff.compiled`'s single steps, whose Python-float ᾱ and s
+are specialised by TorchDynamo, and for ``loop50`` the compiled loop
+:class:`refdiff.compiled.DDIMLoop`, whose step compiles once; see :mod:`benchmarks.loops`,
+which also has the JAX rows).
 
 The memory-traffic floor counts each array that must be read or written once: q_sample and
 cfg read 2 and write 1; the guided DDIM step reads x_t, ε_u, ε_c and writes x_prev (4); the
-DDPM step reads x_t, ε, z and writes 1 (4); the loop does the guided DDIM step 50 times.
+DDPM step reads x_t, ε, z and writes 1 (4); the loop does the guided DDIM step 50 times
+(the trivial model moves nothing).
 """
 
 from __future__ import annotations
@@ -63,6 +70,15 @@ def hand_loop(x, u, c, s, alpha_bars):
 
 # --- the environment of one (library, device, dtype, shape) cell ----------------------------
 
+
+def set_loop_tables(cell: Any, shape: tuple[int, ...]) -> None:
+    """The bytes of one array, the schedule, the loop's timesteps and its ᾱ list (ending at
+    ᾱ = 1), shared by every cell that times the loop."""
+    cell.nbytes = cell.itemsize * math.prod(shape)
+    cell.schedule = rd.linear_schedule(1000)
+    cell.timesteps = rd.inference_timesteps(1000, STEPS, "leading")
+    cell.alpha_bars = [cell.schedule.alpha_bar(t) for t in cell.timesteps] + [1.0]
+
 class Cell:
     """Arrays of one benchmark cell and the library's synchronise function."""
 
@@ -85,10 +101,7 @@ class Cell:
                 "cuda") else None
             self.itemsize = arrays[0].element_size()
         self.x, self.u, self.c, self.z = arrays
-        self.nbytes = self.itemsize * math.prod(shape)
-        self.schedule = rd.linear_schedule(1000)
-        self.timesteps = rd.inference_timesteps(1000, STEPS, "leading")
-        self.alpha_bars = [self.schedule.alpha_bar(t) for t in self.timesteps] + [1.0]
+        set_loop_tables(self, shape)
 
     @property
     def label(self) -> str:
@@ -110,6 +123,12 @@ def refdiff_cases(cell: Cell) -> dict[str, Callable[[], Any]]:
         "loop50": lambda: rd.sample(cell.model, x, cell.schedule, timesteps=cell.timesteps,
                                     guidance=g),
     }
+
+
+def fused_cases(cell: Cell) -> dict[str, Callable[[], Any]]:
+    """refdiff's fast path: the guided DDIM step as one linear combination (eager)."""
+    x, u, c = cell.x, cell.u, cell.c
+    return {"guided_ddim": lambda: rd.guided_ddim_step(x, u, c, S, AB_T, AB_PREV)}
 
 
 def hand_cases(cell: Cell) -> dict[str, Callable[[], Any]]:
@@ -229,7 +248,10 @@ t_import = time.perf_counter() - t0
 t0 = time.perf_counter()
 torch.compile(lambda a: a * 2.0 + 1.0)(torch.ones(8))
 t_start = time.perf_counter() - t0
-print(json.dumps({{"import_s": t_import, "startup_s": t_start, "times": C.compile_times(cell)}}))
+times = C.compile_times(cell)
+from benchmarks import loops as L
+loop = L.torch_loop(cell)[1]
+print(json.dumps({{"import_s": t_import, "startup_s": t_start, "times": times, "loop": loop}}))
 """
 
 
@@ -240,8 +262,9 @@ def cold_compile_times(shape=(16, 4, 64, 64), threads: int = 1, timeout: float =
     generated kernels, so in-process compile times understate what a new user or a new
     server process pays; this measures that first, cold compilation. The first function
     process first compiles a trivial function, so Inductor's start-up is reported apart
-    (``startup_s``). Returns ``{"import_s", "startup_s", "times": {op: {...}}}``
-    or ``{"error": ...}``.
+    (``startup_s``); the compiled loop (:func:`benchmarks.loops.torch_loop`) compiles
+    last. Returns ``{"import_s", "startup_s", "times": {op: {...}}, "loop": {...}}`` or
+    ``{"error": ...}``.
     """
     import json
     import os

@@ -6,6 +6,15 @@ results and the scaling figure (run it from the repository root).
     python -m benchmarks --write-docs    # full run recorded in the tracked files: BENCHMARKS.md,
                                          # docs/bench_results.json, docs/bench_scaling.png
     python -m benchmarks --quick --out /tmp/bench_quick.md   # smoke test, well under a minute
+    python -m benchmarks --gpu           # GPU preset: the CUDA tests and the CUDA rows (below)
+
+The GPU preset (``--gpu``, :mod:`benchmarks.gpu`) runs ``python -m pytest -q -m cuda`` and
+times the torch CUDA rows (eager, fused, diffusers, compiled single steps, the compiled loop
+with CUDA graphs, the eager loop's host time per step), then merges them into a recorded
+report: BENCHMARKS.md and docs/bench_results.json (or the report named by ``--out`` and its
+JSON), replacing any CUDA rows there and leaving the CPU rows as they were. Without a CUDA
+device it prints one line saying so, writes nothing and exits 0; it exits 1 when the CUDA
+tests fail (the report is still written, with the failure), 2 on a bad argument.
 
 From Python: ``benchmarks.run(quick=True)`` returns the results as a dict.
 """
@@ -26,6 +35,7 @@ import refdiff
 from refdiff.cli import UsageError
 
 from benchmarks import cases as C
+from benchmarks import loops as L
 from benchmarks.bandwidth import numpy_copy_bandwidth, torch_copy_bandwidth
 from benchmarks.overhead import run_overhead
 from benchmarks.plot import scaling_plot
@@ -115,11 +125,12 @@ def _log(msg: str, quiet: bool) -> None:
 def run(*, quick: bool = False, shapes=None, compile: bool | None = None,
         use_diffusers: bool = True, cuda: bool = True, rounds: int | None = None,
         command: str = "benchmarks.run()", quiet: bool = True,
-        torch_threads: int | None = 1) -> dict:
+        torch_threads: int | None = 1, use_jax: bool = True) -> dict:
     """Run every benchmark and return the raw results (JSON-ready), with target verdicts.
 
-    ``quick`` uses one small shape, few rounds, a 64 MiB bandwidth probe, no compilation
-    (unless ``compile=True``) and short scaling sweeps: seconds, for CI.
+    ``quick`` uses one small shape, few rounds, a 64 MiB bandwidth probe, no torch
+    compilation (unless ``compile=True``) and short scaling sweeps: seconds, for CI. The
+    JAX rows (``use_jax``, when JAX is installed) are jitted whatever ``quick`` says.
 
     ``torch_threads`` sets torch's intra-op threads for the run (restored after): 1 by
     default, like NumPy's element-wise loops, and because on a small shared machine two
@@ -135,13 +146,15 @@ def run(*, quick: bool = False, shapes=None, compile: bool | None = None,
         torch.set_num_threads(torch_threads)
     try:
         return _run(quick=quick, shapes=shapes, compile=compile, use_diffusers=use_diffusers,
-                    cuda=cuda, rounds=rounds, command=command, quiet=quiet)
+                    cuda=cuda, rounds=rounds, command=command, quiet=quiet,
+                    use_jax=use_jax)
     finally:
         if torch is not None:
             torch.set_num_threads(previous)
 
 
-def _run(*, quick, shapes, compile, use_diffusers, cuda, rounds, command, quiet) -> dict:
+def _run(*, quick, shapes, compile, use_diffusers, cuda, rounds, command, quiet,
+         use_jax) -> dict:
     """Body of :func:`run`, with torch's thread count already set."""
     t_start = time.perf_counter()
     shapes = [tuple(s) for s in (shapes or (QUICK_SHAPES if quick else FULL_SHAPES))]
@@ -159,11 +172,18 @@ def _run(*, quick, shapes, compile, use_diffusers, cuda, rounds, command, quiet)
         _log("bench: cold compilation in a fresh process", quiet)
         res["cold_compile"] = C.cold_compile_times(shapes[min(1, len(shapes) - 1)],
                                                    threads=res["machine"].get("torch_threads", 1))
-    res["ops"], res["compile"] = [], []
+    res["ops"], res["compile"], res["loops"] = [], [], []
+    res["jax"] = use_jax and L.jax_available()
+    if res["jax"]:
+        import jax
+
+        res["machine"]["jax"] = jax.__version__
     for shape in shapes:
         for lib, dev, dtype in tgts:
             _measure_cell(res, C.Cell(lib, dev, dtype, shape), rounds=rounds, quick=quick,
                           compile=compile, use_diffusers=use_diffusers, quiet=quiet)
+        if res["jax"]:  # next to torch's cells of the same shape, in the same run
+            _measure_jax_cell(res, L.JaxCell(shape), rounds=rounds, quick=quick, quiet=quiet)
     _log("bench: per-call overhead on tiny arrays", quiet)
     libs = ("numpy", "torch") if any(lib == "torch" for lib, _, _ in tgts) else ("numpy",)
     res["overhead"] = run_overhead(libs, rounds=3 if quick else 9,
@@ -191,7 +211,7 @@ def _measure_bandwidth(res: dict, tgts, *, quick: bool, quiet: bool) -> None:
         probes["torch-cuda"] = torch_copy_bandwidth("cuda", mib << 20, rounds=n_bw)
     cpu_best = max(p["best"] for k, p in probes.items() if k != "torch-cuda")
     # the floor's rate: the machine's best copy (CPU libraries share one memory system)
-    bw = {"numpy": cpu_best, "torch-cpu": cpu_best}
+    bw = {"numpy": cpu_best, "torch-cpu": cpu_best, "jax-cpu": cpu_best}
     if res["cuda"]:
         bw["torch-cuda"] = probes["torch-cuda"]["best"]
     res["bandwidth"], res["bandwidth_probes"], res["bandwidth_mib"] = bw, probes, mib
@@ -205,17 +225,33 @@ def _measure_cell(res: dict, cell, *, rounds: int, quick: bool, compile: bool,
     timed in the same interleaved rounds; compile times go to ``res["compile"]``.
     """
     _log(f"bench: {cell.label} {cell.dtype} {cell.shape}", quiet)
-    impls = {"refdiff": C.refdiff_cases(cell), "hand": C.hand_cases(cell)}
+    impls = {"refdiff": C.refdiff_cases(cell), "fused": C.fused_cases(cell),
+             "hand": C.hand_cases(cell)}
     if use_diffusers:
         impls["diffusers"] = C.diffusers_cases(cell)
     if compile and cell.dtype == "float32":
         impls["compiled"] = C.compiled_cases(cell)
+        if impls["compiled"]:  # torch with torch.compile: the compiled loop too
+            impls["compiled"]["loop50"], info = L.torch_loop(cell)
+            cold = res.get("cold_compile", {}) if cell.device == "cpu" else {}
+            if cold.get("loop", {}).get("shape") == list(cell.shape):
+                info["cold_compile_s"] = cold["loop"]["compile_s"]
+            res["loops"].append(info)
     for op in C.OPS:
         res["ops"] += _time_op(op, cell, impls, res["bandwidth"], rounds=rounds, quick=quick)
     if compile and cell.library == "torch" and cell.dtype == "float32":
         # cold compilation is measured on CPU only
         cold = res.get("cold_compile", {}) if cell.device == "cpu" else {}
         res["compile"] += _compile_rows(cell, res["ops"], cold)
+
+
+def _measure_jax_cell(res: dict, cell, *, rounds: int, quick: bool, quiet: bool) -> None:
+    """The jitted JAX step and the JAX loop of one shape (:mod:`benchmarks.loops`)."""
+    _log(f"bench: {cell.label} {cell.dtype} {cell.shape} (jax.jit)", quiet)
+    impls, info = L.jax_cases(cell)
+    res["loops"].append(info)
+    for op in ("guided_ddim", "loop50"):
+        res["ops"] += _time_op(op, cell, impls, res["bandwidth"], rounds=rounds, quick=quick)
 
 
 def _time_op(op: str, cell, impls: dict, bw: dict, *, rounds: int, quick: bool) -> list[dict]:
@@ -312,6 +348,10 @@ def _parse(argv):
                    help="time refdiff.compiled (default: on, off with --quick)")
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--no-diffusers", action="store_true", help="skip the diffusers rows")
+    p.add_argument("--no-jax", action="store_true", help="skip the JAX rows")
+    p.add_argument("--gpu", action="store_true",
+                   help="GPU preset: run the CUDA tests and the CUDA rows and merge them into "
+                        "BENCHMARKS.md (or --out); without CUDA, say so and exit 0")
     p.add_argument("--no-cuda", action="store_true", help="skip CUDA even if present")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--torch-threads", type=int, default=1,
@@ -333,7 +373,20 @@ def _shapes(text: str | None):
 
 def _paths(args) -> tuple[Path, Path, Path]:
     """Where the report, the raw results and the figure go; checked before anything runs."""
-    if args.write_docs:
+    if args.gpu:
+        clash = [f for f, on in (("--quick", args.quick), ("--write-docs", args.write_docs),
+                                 ("--no-cuda", args.no_cuda)) if on]
+        if clash:
+            raise UsageError(f"--gpu times the CUDA rows of a full run and merges them into "
+                             f"a recorded report; drop {', '.join(clash)}")
+        if args.out is None:  # the tracked report, as --write-docs records it
+            out, json_p, plot_p = DOCS_PATHS
+            json_p = Path(args.json) if args.json else json_p
+        else:
+            out = Path(args.out)
+            json_p = Path(args.json) if args.json else out.with_suffix(".json")
+            plot_p = Path(args.plot) if args.plot else out.with_name(out.stem + "_scaling.png")
+    elif args.write_docs:
         given = [f"--{k}" for k in ("out", "json", "plot") if getattr(args, k) is not None]
         if given:
             raise UsageError(f"--write-docs writes BENCHMARKS.md and docs/bench_*; drop "
@@ -411,10 +464,19 @@ def main(argv=None) -> int:
         print(f"python -m benchmarks: {exc}", file=sys.stderr)
         return 2
     heap = stable_allocator()
+    if args.gpu:
+        from benchmarks import gpu
+
+        try:
+            return gpu.main(args, shapes, out, json_p,
+                            command=" ".join(["python -m benchmarks", *argv]))
+        except UsageError as exc:
+            print(f"python -m benchmarks: {exc}", file=sys.stderr)
+            return 2
     res = run(quick=args.quick, shapes=shapes, compile=args.compile,
               use_diffusers=not args.no_diffusers, cuda=not args.no_cuda, rounds=args.rounds,
               command=" ".join(["python -m benchmarks", *argv]), quiet=args.quiet,
-              torch_threads=args.torch_threads or None)
+              torch_threads=args.torch_threads or None, use_jax=not args.no_jax)
     res["stable_allocator"] = heap
     written = _write(res, out, json_p, plot_p, write_docs=args.write_docs)
     for t in res["targets"]:

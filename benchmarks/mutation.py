@@ -56,7 +56,87 @@ COPY_IGNORE = shutil.ignore_patterns(".git", "mutants", "__pycache__", ".hypothe
 # change shows up as "stale", the one-line proof).
 _COPY = "x / 1.0 and x * 1.0 are both an exact copy (IEEE multiplication and division by 1 are exact)"
 _CG0 = "the private body returns mean * 1.0 at s = 0 before it reads xp or g"
+# Shared proofs of the sampling loop's survivors
+_FLOAT_XP = ("the loop's levels are Python floats (Schedule.alpha_bar, ᾱ = 1.0), and the forward "
+             "helpers read xp only through _xp.cast/_xp.sqrt of array levels, which pass floats "
+             "through untouched")
+_ZBT = ("zero_beta_tilde is read only for 'fixed_large' and 'learned_range' (steps._ddpm_variance, "
+        "fused._guided_ddpm_coefficients); computing it for 'fixed_small' or 'learned' changes "
+        "nothing")
+_DDIM_FALLTHROUGH = ("for sampler='ddim' the _only calls above have already forced "
+                     "variance_type=None and last_step_variance='floor', with which the DDPM "
+                     "branch returns ('fixed_small', None) too")
+_ANALYTIC = ("_classifier_gradient never calls log_prob when grad_log_prob is given (its "
+             "analytic branch)")
+_SLICES = ("pred and var are the two halves of one array `out`, whose shape was checked just "
+           "above: same library, device, dtype and shape, so checking one checks both")
+_MEMO = ("_xp.returned reads xp only in check_floating, which memoises (array type, dtype); x_T "
+         "of that type and dtype was checked with the real xp in the prologue, so xp is read "
+         "only for an output of a dtype that no check of the process has seen (then "
+         "AttributeError instead of TypeError): a test could only depend on test order")
 EQUIVALENT: dict[str, tuple[str, str]] = {
+    'refdiff.oracle.x__reals__mutmut_11': (
+        'kind in "XXiufOXX"',
+        'dtype.kind is one character and NumPy has no kind \'X\': the same membership as in "iufO"'),
+    'refdiff.oracle.x_demo_mixture__mutmut_71': (
+        '[2.0] * K',
+        'isotropic normalises the weights: 2/12 and 1/6 are the same rational, so every π_k is the same correctly rounded double'),
+    'refdiff.oracle.xǁGaussianMixtureǁ_back__mutmut_3': (
+        '(r.dtype == x_t.dtype) and False',
+        'astype to the dtype r already has is a copy with the same values, dtype and device'),
+    'refdiff.oracle.xǁGaussianMixtureǁ_checked__mutmut_50': (
+        'warnings.simplefilter("ignore", )',
+        'the default category Warning also covers RuntimeWarning, and the only warning xp.sum of a float64 array can emit is the RuntimeWarning of an overflow'),
+    'refdiff.oracle.xǁGaussianMixtureǁ_inputs__mutmut_37': (
+        'bits <= 32',
+        'it only adds float32 x_t, for which astype(x_t, float32) is a value-identical copy: the same evaluation'),
+    'refdiff.oracle.xǁGaussianMixtureǁ_inputs__mutmut_38': (
+        'bits < 33',
+        'as _37'),
+    'refdiff.oracle.xǁGaussianMixtureǁdiagonal__mutmut_32': (
+        'xp.eye(d, dtype=None)',
+        'the host namespace is NumPy, whose eye defaults to float64, the dtype removed'),
+    'refdiff.oracle.xǁGaussianMixtureǁdiagonal__mutmut_34': (
+        'xp.eye(d, )',
+        'as _32'),
+    'refdiff.oracle.xǁGaussianMixtureǁisotropic__mutmut_31': (
+        'if (var.ndim) or True else var',
+        'a 0-d variance reshaped to (1, 1) broadcasts to the same (K, d) array of σ²'),
+    'refdiff.oracle.xǁGaussianMixtureǁisotropic__mutmut_37': (
+        'xp.reshape(var, (-2, 1))',
+        'host NumPy only: NumPy (2.4, checked) reads any negative size as the one unknown dimension, so (-2, 1) gives (K, 1) as (-1, 1) does'),
+    'refdiff.oracle.xǁGaussianMixtureǁsample__mutmut_131': (
+        'k, axis=None)',
+        'labels is 1-D, where take with axis=None (the flattened array) is take along axis 0'),
+    'refdiff.oracle.xǁGaussianMixtureǁsample__mutmut_134': (
+        'self.labels, device=device), k, )',
+        'as _131: axis may be omitted for a 1-D array'),
+    "refdiff.sampling.x__checked_variance__mutmut_45": ('if sampler == "XXddimXX":', _DDIM_FALLTHROUGH),
+    "refdiff.sampling.x__checked_variance__mutmut_46": ('if sampler == "DDIM":', _DDIM_FALLTHROUGH),
+    "refdiff.sampling.x__checked_variance__mutmut_85": ('("XXfixed_smallXX", "learned")', _ZBT),
+    "refdiff.sampling.x__checked_variance__mutmut_86": ('("FIXED_SMALL", "learned")', _ZBT),
+    "refdiff.sampling.x__checked_variance__mutmut_87": ('("fixed_small", "XXlearnedXX")', _ZBT),
+    "refdiff.sampling.x__checked_variance__mutmut_88": ('("fixed_small", "LEARNED")', _ZBT),
+    "refdiff.sampling.x__guided_step__mutmut_12": ("_classifier_gradient(xp, None, x,", _ANALYTIC),
+    "refdiff.sampling.x__guided_step__mutmut_19": ("_classifier_gradient(xp, lambda z: 0, x,", _ANALYTIC),
+    "refdiff.sampling.x__guided_step__mutmut_83": ("_x0_from_eps(None, x, eps, ab_t)", _FLOAT_XP),
+    "refdiff.sampling.x__model_x0_eps__mutmut_62": ("_x0_eps_of(None, x, out, ab_t, ptype)", _FLOAT_XP),
+    "refdiff.sampling.x__model_x0_eps__mutmut_74": ("(_prediction_from_x0_eps(None, *", _FLOAT_XP),
+    "refdiff.sampling.x__model_x0_eps__mutmut_81": ("_predict_x0_eps(None, x, o, ab_t, ptype)", _FLOAT_XP),
+    "refdiff.sampling.x__model_x0_eps__mutmut_91": ("_x0_eps_of(None, x, _guidance_rescale(", _FLOAT_XP),
+    "refdiff.sampling.x__x0_eps_of__mutmut_4": ("_predict_x0_eps(None, x, out, ab_t, space)", _FLOAT_XP),
+    "refdiff.sampling.x_ddim_invert__mutmut_82": ("_x0_eps_of(None, x, out, ab_src,", _FLOAT_XP),
+    "refdiff.sampling.x_sample__mutmut_138": ("else _x0_from_eps(None, x, eps, ab_t)", _FLOAT_XP),
+    "refdiff.sampling.x_ddim_invert__mutmut_69": (
+        "_model_output(xp, None, model,", "_model_output only tests `if not learned`: None and "
+        "False are both falsy"),
+    "refdiff.sampling.x_sample__mutmut_146": (
+        'noise = ""', "noise is read only when noisy (DDPM or η > 0), where it is reassigned "
+        "first; at η = 0 _ddim_step returns x_prev without reading it"),
+    "refdiff.sampling.x__model_output__mutmut_40": ('_xp.returned(xp, "x_t", x, model_variance=var)', _SLICES),
+    "refdiff.sampling.x__model_output__mutmut_41": ("model_output=pred, )", _SLICES),
+    "refdiff.sampling.x__branches__mutmut_47": (
+        "xp.concat([x, x], )", "the array API's concat defaults to axis=0"),
     "refdiff.classifier_free.x__cfg_multi__mutmut_14": ("eps_uncond / 1.0", _COPY),
     "refdiff.classifier_free.x__guidance_rescale__mutmut_7": ("eps_guided / 1.0", _COPY),
     "refdiff.classifier_free.x__guidance_rescale__mutmut_49": (
@@ -97,6 +177,16 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
         "rederive_eps=None", "the re-derived ε̂ is discarded (`x0_hat, _ = ...`): only x̂_0 is used"),
     "refdiff.steps.x__ddpm_mean_variance__mutmut_46": (
         "rederive_eps=True", "as _38: the DDPM mean uses x̂_0 only, the ε̂ output is discarded"),
+    "refdiff.training.x__clip_max__mutmut_7": (
+        "a >= hi", "where a equals hi, full_like(a, hi) is hi in a's dtype: a itself"),
+    "refdiff.training.x_alpha_bar_at__mutmut_27": (
+        "dtype=None", "Schedule tables are float64 arrays (from_betas casts them), and asarray "
+        "keeps an array's dtype"),
+    "refdiff.training.x_alpha_bar_at__mutmut_30": ("xp.asarray(schedule.alphas_cumprod, "
+                                                    "device=", "as _27"),
+    "refdiff.training.x_alpha_bar_at__mutmut_35": (
+        "axis=None", "the table is 1-D: take along the flattened array is take along axis 0"),
+    "refdiff.training.x_alpha_bar_at__mutmut_38": ("xp.take(table, t, )", "as _35"),
     "refdiff.steps.x__ddim_inversion_step__mutmut_1": (
         "rederive_eps: bool = False", "a default of the private body that no caller uses: "
         "steps.ddim_inversion_step and sampling.ddim_invert both pass rederive_eps"),
@@ -108,6 +198,32 @@ _HALF = ("at s = 0.5 exactly the two forms a + s·d and b − (1 − s)·d are b
          "lerp and differ at most in the last bit; a test could only pin which rounding, not "
          "the math")
 NOT_KILLED: dict[str, tuple[str, str]] = {
+    'refdiff.oracle.xǁGaussianMixtureǁsample_noisy__mutmut_35': (
+        'gen = b.generator(generator, None)',
+        "the seed's generator is made for the default device; differs only for torch on an accelerator (a CPU generator that sample's generator(gen, 'cuda') then refuses); the fast subset runs on the CPU, and NumPy and array-api-strict generators ignore the device"),
+    'refdiff.oracle.xǁGaussianMixtureǁsample_noisy__mutmut_37': (
+        'gen = b.generator(generator, )',
+        'as _35'),
+    "refdiff.sampling.x__branches__mutmut_4": ("out_c, var = _model_output(None, learned", _MEMO),
+    "refdiff.sampling.x__branches__mutmut_16": ("return _model_output(None, learned", _MEMO),
+    "refdiff.sampling.x__branches__mutmut_32": ("out, var = _model_output(None, learned", _MEMO),
+    "refdiff.sampling.x__model_x0_eps__mutmut_8": ("out_c, var = _model_output(None, run.learned", _MEMO),
+    "refdiff.sampling.x__model_x0_eps__mutmut_27": ("out, var = _model_output(None, run.learned", _MEMO),
+    "refdiff.sampling.x__model_output__mutmut_32": ('_xp.returned(None, "x_t", x, model_output=pred', _MEMO),
+    "refdiff.sampling.x__guided_step__mutmut_60": (
+        "_x0_eps(xp, x, eps, ab_t, None, clip, True)", "clip_then_shift passes on only the ε̂ "
+        "re-derived from clip(x̂_0); x̂_0 as given and rebuilt from ε̂ are equal in exact "
+        "arithmetic and √ᾱ_t times their rounding difference is ~1 ulp of ε̂ (at ᾱ_t = 0 both "
+        "give a non-finite x̂_0 after the shift): a test could pin only rounding"),
+    "refdiff.sampling.x_ddim_invert__mutmut_98": (
+        "_ddim_inversion_step(xp, x, eps, ab_src, ab_next, None,", "a v-model's x̂_0 as given "
+        "vs rebuilt from ε̂: equal in exact arithmetic (both x at ᾱ_src = 1), and the step "
+        "scales x̂_0 by √ᾱ_next ≤ √ᾱ_src, so they differ only by rounding"),
+    "refdiff.sampling.x_sample__mutmut_63": (
+        "backend.generator(generator, None)", "the generator's device matters only for torch "
+        "on CUDA (torch.Generator(device)); NumPy and array-api-strict draw from host NumPy "
+        "generators and torch's CPU generator is the default; the fast subset has no GPU"),
+    "refdiff.sampling.x_sample__mutmut_65": ("backend.generator(generator, )", "as _63"),
     "refdiff.classifier_free.x__lerp__mutmut_16": ("s <= 0.5", _HALF),
     "refdiff.classifier_free.x__lerp__mutmut_32": ("s <= 0.5", _HALF),
     "refdiff.steps.x__check_eta__mutmut_21": (
@@ -115,6 +231,15 @@ NOT_KILLED: dict[str, tuple[str, str]] = {
         "edge with no meaning of its own"),
     "refdiff.steps.x__check_eta__mutmut_30": ("r >= 1 + 1e-12", "as _21, for array levels"),
     "refdiff.steps.x__ddim_sigma__mutmut_14": ("xp.clip(1.0 - r, )", "as _12"),
+    "refdiff.training.x__backend_generator__mutmut_5": (
+        "backend.generator(generator, None)", "the generator's device: NumPy and "
+        "array-api-strict generators have none and torch's default is the CPU, so it differs "
+        "only for CUDA tensors (a CPU generator cannot draw there); the mutation run has no GPU"),
+    "refdiff.training.x__backend_generator__mutmut_7": ("backend.generator(generator, )",
+                                                        "as _5"),
+    "refdiff.training.x_drop_condition__mutmut_42": (
+        "<= p", "differs only for a float64 draw u exactly equal to p (probability at most "
+        "2⁻⁵³ per sample)"),
     "refdiff.steps.x__ddim_sigma__mutmut_12": (
         "min=None", "the clip guards 1 − r against rounding below 0 at the largest legal η "
         "with array levels; no test input found yet whose r rounds above 1 there"),

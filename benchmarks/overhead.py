@@ -193,6 +193,8 @@ def _training_calls(a: SimpleNamespace) -> dict[str, Callable[[], Any]]:
         "guidance_scale_embedding": lambda: rd.guidance_scale_embedding(ab, 8),
         "sample_guidance_scales": lambda: rd.sample_guidance_scales(x, 1.0, 8.0, generator=gen),
         "guidance_distillation_target": lambda: rd.guidance_distillation_target(u, c, 7.5),
+        "guided_ddim_step": lambda: rd.guided_ddim_step(x, u, c, 7.5, 0.3, 0.55),
+        "guided_ddpm_step": lambda: rd.guided_ddpm_step(x, u, c, 7.5, 0.3, 0.55, z),
     }
 
 

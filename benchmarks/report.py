@@ -47,7 +47,8 @@ def markdown(res: dict) -> str:
         the recorded results byte for byte.
     """
     sections = (_header, _targets_section, _bandwidth_section, _operations_section,
-                _compile_section, _overhead_section, _scaling_section)
+                _loop_section, _compile_section, _gpu_section, _overhead_section,
+                _scaling_section)
     return "\n".join(line for section in sections for line in section(res))
 
 
@@ -62,7 +63,8 @@ def _header(res: dict) -> list[str]:
          f"- Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}"
          f"{'; GPU: ' + m['gpu'] if m.get('gpu') else '; no GPU'}.",
          f"- Versions: Python {m['python']}, NumPy {m['numpy']}, torch {m.get('torch', '—')}, "
-         f"diffusers {m.get('diffusers', '—')}, array-api-compat {m['array_api_compat']}.",
+         f"diffusers {m.get('diffusers', '—')}, JAX {m.get('jax', '—')}, "
+         f"array-api-compat {m['array_api_compat']}.",
          f"- Shapes {', '.join(shape_text(s) for s in res['shapes'])}; dtypes float32 on every "
          "backend and float64 on NumPy; s = 7.5, ᾱ_t = 0.3, ᾱ_prev = 0.55, DDIM η = 0.",
          "- Method: warm-up, then interleaved rounds (every implementation of one operation "
@@ -76,12 +78,17 @@ def _header(res: dict) -> list[str]:
          "is mmap'd and page-faulted again): "
          f"{'yes' if res.get('stable_allocator') else 'no'}.",
          "- Floor = bytes that must be read and written once ÷ this machine's measured copy "
-         "bandwidth; GB/s = those bytes ÷ the measured time (an effective rate).", ""]
+         "bandwidth; GB/s = those bytes ÷ the measured time (an effective rate).",
+         "- GPU preset: `python -m benchmarks --gpu` on a machine with CUDA runs the CUDA "
+         "tests (`python -m pytest -q -m cuda`) and the CUDA rows and merges them into this "
+         "report (the GPU section and the torch-cuda rows); without CUDA it says so, writes "
+         "nothing and exits 0.", ""]
     if not res["cuda"]:
         L += ["**CUDA rows: not measured (no CUDA device used in this run).** The harness "
               "runs them (eager and compiled, with `torch.cuda.synchronize` before each clock "
               "read and `torch.cuda.max_memory_allocated` for memory) whenever "
-              "`torch.cuda.is_available()`.", ""]
+              "`torch.cuda.is_available()`, and `python -m benchmarks --gpu` adds them, with "
+              "the CUDA tests, to a recorded CPU run.", ""]
     return L
 
 
@@ -115,7 +122,15 @@ def _operations_section(res: dict) -> list[str]:
          "ratio to the hand-written expression of the same math (same backend, dtype and "
          "shape, timed in the same rounds). `hand` is plain NumPy / torch; `diffusers` is "
          "`DDIMScheduler.step` or `DDPMScheduler.step` with hand-written CFG (its DDPM step "
-         "draws its own noise inside); `compiled` is `refdiff.compiled`.", ""]
+         "draws its own noise inside). For guided_ddim, `refdiff` is the spec form "
+         "`ddim_step(cfg(...))` and `fused` is `refdiff.guided_ddim_step` (one linear "
+         "combination); for loop50, `refdiff` is `refdiff.sample` (eager, which takes the "
+         "fused path). `compiled` is `refdiff.compiled`: the single steps (Python-float ᾱ and "
+         "s, specialised) and, for loop50, the compiled loop `DDIMLoop` (compiled once). "
+         "jax-cpu rows are all `jax.jit` with s, ᾱ_t and ᾱ_prev as traced 0-d float32 arrays, "
+         "each call blocking on its result (`block_until_ready`); their loop50 `compiled` is "
+         "`DDIMLoop` on JAX (one jit of `lax.scan`) and `hand` the hand-written step in one "
+         "jitted `lax.scan`.", ""]
     for shape in res["shapes"]:
         L += [f"### {shape_text(shape)}", "",
               "| op | backend | dtype | impl | ms | spread | GB/s | × floor | × hand |",
@@ -146,13 +161,69 @@ def _compile_section(res: dict) -> list[str]:
                  f"{c['compile_s']:.2f} | {_fmt(c.get('recompile_s'))} | "
                  f"{_fmt(c['eager_ms'])} | {_fmt(c['compiled_ms'])} "
                  f"| {_break_even(c.get('break_even_cold'))} | {_break_even(c['break_even'])} |")
-    L += ["", "TorchDynamo specialises Python floats (refdiff's range checks branch on "
-          "them): every new (s, ᾱ_t, ᾱ_prev) compiles again (*new ᾱ s*), so a 50-step "
-          "schedule costs 50 compilations once per process, and TorchDynamo's "
-          "recompile limit (8 per function by default) sends the later steps back to "
-          "eager. The compiled path pays for a server that repeats one step many times "
-          "at large shapes, not for one sampling run; the 50-step loop is therefore "
-          "timed eager only.", ""]
+    L += ["", "These are the single-step functions of `refdiff.compiled`, which take ᾱ and "
+          "s as Python floats: TorchDynamo specialises them (refdiff's range checks branch "
+          "on them), so every new (s, ᾱ_t, ᾱ_prev) compiles again (*new ᾱ s*), and its "
+          "recompile limit (8 per function by default) sends later values back to eager. "
+          "They pay for a server that repeats one step many times at large shapes. The "
+          "compiled sampling loop (`DDIMLoop`, table above) passes ᾱ and s as 0-d float64 "
+          "tensors instead and compiles its step once for every step and run.", ""]
+    return L
+
+
+def _loop_section(res: dict) -> list[str]:
+    """The compiled sampling loop: per-step time against the floor, and its compilations."""
+    L = ["## Compiled sampling loop", ""]
+    loops = res.get("loops") or []
+    if not loops:
+        return L + ["Not measured in this run (--quick or --no-compile, and no JAX).", ""]
+    L += ["The 50-step CFG DDIM loop (s = 7.5, η = 0) with a trivial model (torch: returns "
+          "the precomputed ε_u or ε_c; JAX: returns its condition, which is that ε), so the "
+          "time is the loop's own. Per step = loop50 time ÷ 50; the floor of one step is the "
+          "guided DDIM step's bytes, read x_t, ε_u, ε_c and write x_prev (4 arrays), ÷ the "
+          "copy bandwidth. *compile s* = first run − second run (the run that compiled "
+          "against one that did not); *cold s* the same in a fresh process with an empty "
+          "Inductor cache (Inductor's start-up excluded). The compilations come from "
+          "`loop.last_run`: of the first run, of those after its first step, and of two later "
+          "runs (torch: the same run, then 25 steps at s = 5; JAX: the same run, then s = 5).",
+          "",
+          "| backend | shape | eager µs/step | compiled µs/step | hand µs/step | floor µs | "
+          "compiled × floor | compile s | cold s | compilations | after step 1 | later runs |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for i in loops:
+        def per_step(impl, i=i):
+            r = [x for x in res["ops"] if x["op"] == "loop50" and x["impl"] == impl and
+                 x["backend"] == i["backend"] and x["shape"] == i["shape"]]
+            return (r[0]["ms"] * 1e3 / i["steps"], r[0]) if r else (None, None)
+        comp, row = per_step("compiled")
+        L.append(f"| {i['backend']} | {shape_text(i['shape'])} | {_fmt(per_step('refdiff')[0])} "
+                 f"| {_fmt(comp)} | {_fmt(per_step('hand')[0])} | "
+                 f"{_fmt(row['floor_ms'] * 1e3 / i['steps'] if row else None)} | "
+                 f"{_fmt(row['x_floor'] if row else None)} | {i['compile_s']:.2f} | "
+                 f"{_fmt(i.get('cold_compile_s'))} | {i['compilations']} | "
+                 f"{i['after_first_step']} | {i['later_compilations']} |")
+    return L + [""]
+
+
+def _gpu_section(res: dict) -> list[str]:
+    """What the GPU preset ran (the CUDA tests, the eager loop's host time), if it ran."""
+    run = res.get("gpu_run")
+    if not run:
+        return []
+    t = run["tests"]
+    L = ["## GPU preset", "",
+         f"`{run['command']}` on {run['date']} ({res['machine'].get('gpu', 'GPU')}; "
+         f"{run['wall_s']:.0f} s) added the torch-cuda rows above. CUDA tests "
+         f"(`{t['command']}`): {t['summary']} (exit status {t['rc']}).", ""]
+    rows = res.get("host_overhead") or []
+    if rows:
+        L += ["Eager loop `refdiff.sample` (50 CFG DDIM steps, trivial model) on CUDA: host "
+              "time per step (the clock stops when the loop returns, before synchronising) "
+              "and the synchronised time per step.", "",
+              "| shape | host µs/step | synchronised µs/step |", "| --- | --- | --- |"]
+        L += [f"| {shape_text(r['shape'])} | {_fmt(r['host_us_per_step'])} | "
+              f"{_fmt(r['us_per_step'])} |" for r in rows]
+        L.append("")
     return L
 
 

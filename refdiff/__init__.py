@@ -15,6 +15,7 @@ from refdiff.distillation import (guidance_distillation_target, guidance_scale_e
 from refdiff.forward import (PREDICTION_TYPES, posterior_coefficients, predict_x0_eps,
                              prediction_from_x0_eps, q_posterior, q_sample, v_target)
 from refdiff.presets import INVERSION_PRESETS, PRESETS
+from refdiff.fused import guided_ddim_step, guided_ddpm_step
 from refdiff.sampling import Guidance, ddim_invert, sample
 from refdiff.respacing import ORIGINAL_SPACINGS, compvis_timesteps, guided_diffusion_timesteps
 from refdiff.schedules import (SPACINGS, Schedule, cosine_schedule,
@@ -26,13 +27,14 @@ from refdiff.steps import (VARIANCE_TYPES, ddim_inversion_step, ddim_sigma, ddim
 from refdiff.training import (alpha_bar_at, diffusion_loss, drop_condition, min_snr_weight,
                               sample_timesteps, snr)
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "INVERSION_PRESETS", "PRESETS", "PREDICTION_TYPES", "SPACINGS", "VARIANCE_TYPES", "Guidance", "Schedule", "cfg", "cfg_multi",
     "cfg_scale_from_w", "classifier_gradient", "classifier_guided_eps", "classifier_guided_mean",
     "cosine_schedule", "ddim_invert", "ddim_inversion_step", "ddim_sigma", "ddim_step",
     "ddpm_mean_variance", "ddpm_step", "guidance_rescale", "guided_diffusion_linear_schedule",
+    "guided_ddim_step", "guided_ddpm_step",  # refdiff.fused
     "inference_timesteps", "linear_schedule", "posterior_coefficients", "predict_x0_eps",
     "prediction_from_x0_eps", "q_posterior", "q_sample", "rescale_zero_terminal_snr", "sample",
     "scaled_linear_schedule", "v_target", "w_from_cfg_scale",

@@ -59,14 +59,28 @@ _ROOT_ALIASES = {"jaxlib": "jax"}
 _FACTS: dict[Any, Any] = {}
 
 
+def _compiling() -> bool:
+    """True while TorchDynamo traces (``torch.compile``). The cache is then neither read nor
+    written: Dynamo guards the keys of a global dict it reads, so a key added later (by any
+    eager call on a new type or dtype) would recompile every graph that read it."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.compiler.is_dynamo_compiling()
+
+
+_TORCH_TENSOR = _TypeInfo("torch", True, None)  # what Dynamo sees for a traced tensor
+
+
 def _type_info(a: Any) -> _TypeInfo:
     t = type(a)
-    info = _FACTS.get(t)
+    compiling = _compiling()
+    if compiling and isinstance(a, sys.modules["torch"].Tensor):
+        return _TORCH_TENSOR  # a constant: cheap to trace, and no cache read to guard
+    info = None if compiling else _FACTS.get(t)
     if info is None:
         root = t.__module__.split(".")[0]
         root = _ROOT_ALIASES.get(root, root)
         info = _TypeInfo(root, _compat.is_array_api_obj(a) and not isinstance(a, _SCALARS), None)
-        if root in _CACHEABLE:
+        if root in _CACHEABLE and not compiling:
             _FACTS[t] = info
     return info
 
@@ -92,11 +106,11 @@ def traced(a: Any) -> bool:
     """True for an array whose values do not exist yet: a JAX tracer, a torch tensor while
     TorchDynamo traces (``torch.compile``), a functorch-wrapped tensor (``torch.func``)."""
     root = _type_info(a).root
-    if root == "jax":
-        return bool(_compat.is_lazy_array(a))
+    if root == "jax":  # not is_lazy_array: array-api-compat calls every JAX array lazy
+        return isinstance(a, sys.modules["jax"].core.Tracer)
     if root == "torch":  # torch is imported: a is a tensor
         torch = sys.modules["torch"]
-        return bool(torch.compiler.is_compiling()
+        return bool(torch.compiler.is_dynamo_compiling()
                     or torch._C._functorch.is_functorch_wrapped_tensor(a))
     return False
 
@@ -183,7 +197,9 @@ def _xp_of(named: list[tuple[str, Any]], one_type: bool) -> Any:
     first = named[0][1]
     if not one_type:
         return _compat.array_namespace(*(a for _, a in named))
-    info = _FACTS.get(type(first))
+    if _compiling() and isinstance(first, sys.modules["torch"].Tensor):
+        return _compat.array_namespace(first)  # not the cache: its reads would be guarded
+    info = None if _compiling() else _FACTS.get(type(first))
     if info is not None and info.xp is not None:
         return info.xp
     xp = _compat.array_namespace(first)
@@ -194,9 +210,9 @@ def _xp_of(named: list[tuple[str, Any]], one_type: bool) -> Any:
 
 def check_floating(xp: Any, name: str, a: Any) -> None:
     """Raise TypeError unless ``a`` has a real floating dtype."""
-    key: tuple[Any, Any] | None = (type(a), a.dtype)  # a type, not xp: traceable by Dynamo
+    key: tuple[Any, Any] | None = None if _compiling() else (type(a), a.dtype)
     try:
-        ok = _FACTS.get(key)
+        ok = None if key is None else _FACTS.get(key)
     except TypeError:  # an unhashable dtype object: ask every time
         key, ok = None, None
     if ok is None:

@@ -147,6 +147,14 @@ def cfg(eps_uncond: Any, eps_cond: Any, scale: Any) -> Any:
     -------
     eps_guided : array, shape, dtype and device of ``eps_uncond``
 
+    Raises
+    ------
+    TypeError, ValueError
+        For arrays of another library, device, dtype or shape (always, under tracing too),
+        and for a non-finite ``scale``: that value check runs on Python floats and host
+        arrays and is skipped for traced arrays (``jax.jit``, ``torch.compile``,
+        ``torch.func``) and for arrays on an accelerator.
+
     Notes
     -----
     .. math:: \\tilde ε = ε_u + s\\,(ε_c − ε_u) = (1 + w)\\,ε_c − w\\,ε_u,\\quad s = 1 + w

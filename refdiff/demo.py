@@ -124,7 +124,7 @@ network), with class accuracy, within-class spread and the sliced Wasserstein-1 
 p(x_0 | y) per scale. Scale 1 should match p(x_0 | y); larger scales trade that fidelity for
 sharper, more classifiable samples. Every option is checked before any sampling starts."""
 
-BACKENDS = ("numpy", "torch", "array_api_strict")
+BACKENDS = ("numpy", "torch", "jax", "array_api_strict")
 
 
 def _parse(argv: Sequence[str] | None) -> Any:
@@ -223,6 +223,10 @@ def _validate(args: Any) -> tuple[list[float], str | None, Any]:
         get_backend(args.backend)
     except (ValueError, ImportError) as exc:
         raise UsageError(f"--backend {args.backend}: {exc}") from None
+    if args.backend == "jax":  # the demo runs in float64 on the CPU: JAX's 64-bit mode, for
+        import jax             # this process (a command-line run, not a library call)
+
+        jax.config.update("jax_enable_x64", True)
     return scales, out, _device(args.backend, args.device)
 
 

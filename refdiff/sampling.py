@@ -13,6 +13,10 @@ Conventions (see the README table):
 - The model is called as ``model(x_t, t, c)`` with t the training timestep (a Python int) and
   c the condition (``cond``, or ``uncond`` for the unconditional branch). It returns ε, x_0 or
   v according to ``prediction_type``.
+- Under CFG the two branches are two model calls, or one call on the batch of 2B with the
+  conditions [uncond; cond] concatenated along axis 0 (``batch_cfg=True``, diffusers' habit).
+  When nothing needs x̂_0 or ε̃, CFG and the step are one linear combination
+  (:mod:`refdiff.fused`, the fast path; equal to the composition up to rounding).
 - CFG is applied to the model's output (affine, so the space does not matter); guidance
   rescale acts in ``rescale_space`` (default: the model's output space, as diffusers).
 - Classifier guidance takes ∇ log p(y | x_t) at x_t with the training timestep t; DDIM uses
@@ -49,6 +53,7 @@ from refdiff.classifier_guidance import (_classifier_gradient, _classifier_guide
                                          _classifier_guided_mean)
 from refdiff.forward import (PREDICTION_TYPES, _posterior_coefficients, _predict_x0_eps,
                              _prediction_from_x0_eps, _x0_from_eps)
+from refdiff.fused import _batched_condition, _is_end, _loop_fuses, _loop_step
 from refdiff.schedules import Schedule, check_schedule, inference_timesteps
 from refdiff.steps import (LEARNED_VARIANCES, VARIANCE_TYPES, Clip, _check_eta, _clip_bound,
                            _ddim_inversion_step, _ddim_step, _ddpm_mean_variance, _x0_eps)
@@ -110,6 +115,7 @@ class _Run(NamedTuple):
     rederive_eps: bool
     classifier_order: str
     levels: list[tuple[int, float, float]]  # (t, ᾱ_t, ᾱ_prev) of every step
+    cond_pair: Any = None    # batch_cfg: [uncond; cond] along axis 0, else None
 
 
 # ----- the loop body: one step, math only -------------------------------------------------
@@ -126,8 +132,8 @@ def _model_x0_eps(run: _Run, model: Any, g: Guidance, x: Any, t: int, ab_t: floa
         out, var = _model_output(xp, run.learned, model, x, t, g.uncond)
         out_c = out
     else:                                                           # CFG Algorithm 2, line 5
-        out_c, var = _model_output(xp, run.learned, model, x, t, g.cond)       # Σ of the conditional branch
-        out = _cfg(xp, _model_output(xp, run.learned, model, x, t, g.uncond)[0], out_c, s)
+        out_u, out_c, var = _branches(run, model, g, x, t)          # Σ of the conditional branch
+        out = _cfg(xp, out_u, out_c, s)
     if run.rescale == 0:
         return (*_x0_eps_of(xp, x, out, ab_t, ptype), var)
     space = run.rescale_space
@@ -135,6 +141,19 @@ def _model_x0_eps(run: _Run, model: Any, g: Guidance, x: Any, t: int, ab_t: floa
                                             space) for o in (out, out_c))
     return (*_x0_eps_of(xp, x, _guidance_rescale(xp, guided, cond, run.rescale), ab_t, space),
             var)
+
+
+def _branches(run: _Run, model: Any, g: Guidance, x: Any, t: int) -> Any:
+    """(out_u, out_c, v) of the two CFG branches: two model calls, or with ``batch_cfg`` one
+    call on [x; x] (2B) with the condition [uncond; cond], split back (uncond first, as
+    diffusers). v is the conditional branch's variance channel (None for a fixed variance)."""
+    xp, learned = run.xp, run.learned
+    if run.cond_pair is None:
+        out_c, var = _model_output(xp, learned, model, x, t, g.cond)
+        return _model_output(xp, learned, model, x, t, g.uncond)[0], out_c, var
+    B = x.shape[0]
+    out, var = _model_output(xp, learned, model, xp.concat([x, x], axis=0), t, run.cond_pair)
+    return out[:B, ...], out[B:, ...], None if var is None else var[B:, ...]
 
 
 def _x0_eps_of(xp: Any, x: Any, out: Any, ab_t: float, space: str) -> Any:
@@ -340,7 +359,8 @@ def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, 
            clip_x0: Any = None, rederive_eps: bool = True,
            classifier_order: str = "shift_then_clip", final_alpha_bar: str = "one",
            generator: Any = None, progress: bool = False,
-           callback: Callable[..., None] | None = None, return_trajectory: bool = False) -> Any:
+           callback: Callable[..., None] | None = None, return_trajectory: bool = False,
+           batch_cfg: bool = False) -> Any:
     """Run DDPM or DDIM from x_T to x_0, optionally guided.
 
     Parameters
@@ -382,13 +402,24 @@ def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, 
     final_alpha_bar : {"one", "alpha_bar_0"}
         ᾱ after the last timestep.
     generator : int or generator, optional
-        Seed or generator of the backend of ``x_T`` for the step noise.
+        Seed or generator of the backend of ``x_T`` for the step noise; checked even when no
+        step draws (DDIM with η = 0), and then not advanced.
     progress : bool
         Show a progress bar (tqdm if installed).
     callback : callable, optional
         ``callback(i, t, x_t, x0_hat)`` after each step.
     return_trajectory : bool
         Also return the list [x_T, x_{t_1}, ..., x_0].
+    batch_cfg : bool
+        Under CFG (both branches evaluated), call the model once per step on the batch of
+        2B, x_t concatenated with itself along axis 0, with the condition
+        ``concat([uncond, cond], axis=0)``, and split the output back into halves (the
+        unconditional first: diffusers' pipelines). ``Guidance.cond`` and ``.uncond`` must
+        then be arrays of the library and device of ``x_T``, of one dtype and shape, with
+        the batch size B along axis 0 (prompt embeddings; class labels with a null label);
+        anything else is refused before the first model evaluation. No effect when one
+        branch is evaluated (a float scale 0 or 1). A model that treats each sample on its
+        own gives the same samples, bit for bit, as with ``batch_cfg=False``.
 
     Returns
     -------
@@ -403,6 +434,16 @@ def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, 
         For bad option values, unordered timesteps, an η too large for a step of the list,
         options that do not apply to the sampler, or ``timesteps`` with
         ``num_inference_steps``/``spacing``; all before the first model evaluation.
+
+    Notes
+    -----
+    Fast path: under CFG (both branches) with an ε model, a fixed variance and nothing that
+    needs x̂_0 or ε̃ (no guidance rescale, classifier guidance, ``clip_x0`` or dynamic
+    thresholding, no ``callback``), each step is :func:`refdiff.guided_ddim_step` or
+    :func:`refdiff.guided_ddpm_step`: CFG and the step as one linear combination of x_t,
+    ε_u, ε_c and z. It equals the spec composition ``ddim_step(x, cfg(...))`` (or
+    ``ddpm_step``) in exact arithmetic, and to rounding otherwise (bounded in
+    tests/test_fused.py); a seed draws the same noise on both.
 
     References
     ----------
@@ -420,14 +461,20 @@ def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, 
                        classifier_order=classifier_order, final_alpha_bar=final_alpha_bar)
     backend, dev = get_backend(x_T), _xp.device(x_T)
     noisy = sampler == "ddpm" or run.eta > 0
-    gen = backend.generator(generator, dev) if noisy else None
+    gen = backend.generator(generator, dev)  # checked even when no step draws (η = 0 DDIM)
     progress, return_trajectory = (_xp.flag(n, v) for n, v in (
         ("progress", progress), ("return_trajectory", return_trajectory)))
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    if _xp.flag("batch_cfg", batch_cfg) and not _is_end(run.scale):  # both branches evaluated
+        run = run._replace(cond_pair=_batched_condition(run.xp, x_T, g.cond, g.uncond))
+    fused = _loop_fuses(run, callback)  # nothing needs x̂_0 or ε̃: the fast path (refdiff.fused)
     x, trajectory = x_T, [x_T]
     for i, (t, ab_t, ab_prev) in enumerate(_progress(run.levels, progress)):
-        x0_hat, eps, var = _model_x0_eps(run, model, g, x, t, ab_t)
+        if fused:
+            eps_u, eps_c, _ = _branches(run, model, g, x, t)
+        else:
+            x0_hat, eps, var = _model_x0_eps(run, model, g, x, t, ab_t)
         if callback is not None:  # the callback gets x̂_0 of this step's input
             seen = x0_hat if x0_hat is not None else _x0_from_eps(run.xp, x, eps, ab_t)
         noise = None
@@ -435,7 +482,8 @@ def sample(model: Callable[[Any, int, Any], Any], x_T: Any, schedule: Schedule, 
             last = i == len(run.levels) - 1
             noise = (backend.xp.zeros_like(x) if last else
                      backend.normal(tuple(x.shape), dtype=x.dtype, device=dev, generator=gen))
-        x = _guided_step(run, g, x, x0_hat, eps, var, t, ab_t, ab_prev, noise)
+        x = (_loop_step(run, x, eps_u, eps_c, ab_t, ab_prev, noise) if fused else
+             _guided_step(run, g, x, x0_hat, eps, var, t, ab_t, ab_prev, noise))
         if callback is not None:
             callback(i, t, x, seen)
         if return_trajectory:

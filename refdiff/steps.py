@@ -359,7 +359,9 @@ def ddim_sigma(alpha_bar_t: Any, alpha_bar_prev: Any, eta: float) -> Any:
     ------
     ValueError
         For ᾱ outside their ranges or out of order, η < 0, or an η that makes
-        1 − ᾱ_prev − σ² negative (values checked on the host).
+        1 − ᾱ_prev − σ² negative. Values are checked on Python floats and host arrays only:
+        the checks are skipped for traced arrays (``jax.jit``/``grad``/``vmap``,
+        ``torch.compile``, ``torch.func``) and for arrays on an accelerator.
 
     References
     ----------
@@ -401,6 +403,15 @@ def ddim_step(x_t: Any, eps: Any, alpha_bar_t: Any, alpha_bar_prev: Any, *, eta:
     Returns
     -------
     x_prev : array, shape, dtype and device of ``x_t``
+
+    Raises
+    ------
+    TypeError, ValueError
+        For arrays of another library, device, dtype or shape (always, under tracing too),
+        and for ᾱ out of range or out of order, η too large, or ᾱ_t = 0 without ``x0_hat``:
+        value checks run on Python floats and host arrays and are skipped for traced arrays
+        (``jax.jit``/``grad``/``vmap``, ``torch.compile``, ``torch.func``) and for arrays on
+        an accelerator.
 
     Notes
     -----

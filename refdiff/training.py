@@ -78,7 +78,9 @@ def sample_timesteps(x0: Any, num_train_timesteps: int, *, generator: Any) -> An
 
     Notes
     -----
-    t = ⌊u·T⌋ with u ~ U[0, 1) drawn in float64, clipped to T − 1 (u·T can round up to T).
+    t = ⌊u·T⌋ with u ~ U[0, 1) drawn in float64. No clip is needed: u ≤ 1 − 2⁻⁵³, and
+    (1 − 2⁻⁵³)·T rounds to a float64 below T for every T < 2⁵³ (exactly T − T·2⁻⁵³ for a power
+    of two, else to the neighbour below T), so t ≤ T − 1.
 
     References
     ----------
@@ -89,7 +91,7 @@ def sample_timesteps(x0: Any, num_train_timesteps: int, *, generator: Any) -> An
     backend, gen = _backend_generator(x0, generator)
     u = backend.uniform((_batch_size("x0", x0),), dtype=xp.float64, device=_xp.device(x0),
                         generator=gen)
-    return xp.clip(xp.astype(xp.floor(u * T), xp.int64), 0, T - 1)  # t = ⌊u·T⌋
+    return xp.astype(xp.floor(u * T), xp.int64)                     # t = ⌊u·T⌋
 
 
 def alpha_bar_at(schedule: Any, t: Any) -> Any:

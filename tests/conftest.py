@@ -34,6 +34,18 @@ try:
     import array_api_strict as xs
 except ImportError:
     xs = None
+try:
+    import jax
+except ImportError:  # jax is a test dependency; without it the JAX rows skip
+    jax = None
+else:
+    # JAX makes float64 arrays only in its 64-bit mode, a process-wide switch that JAX wants
+    # set before any array exists: turned on here, once, at collection, for the float64 rows.
+    # It does not widen the float32 rows: Target.put gives float32 arrays explicitly, Python
+    # numbers stay weakly typed, and every test checks the dtype of each output (a float64
+    # leak fails there). tests/test_jax_backend.py checks the mode-off behaviour inside
+    # jax.enable_x64(False) and in a fresh process.
+    jax.config.update("jax_enable_x64", True)
 
 HAS_CUDA = torch is not None and torch.cuda.is_available()
 
@@ -69,6 +81,7 @@ def _targets() -> list[Any]:
         rows.append(Target("torch", dt))
     for dt in ("float64", "float32", "float16", "bfloat16"):
         rows.append(Target("torch", dt, "cuda"))
+    rows += [Target("jax", "float64"), Target("jax", "float32")]
     params = []
     for t in rows:
         marks = []
@@ -76,6 +89,8 @@ def _targets() -> list[Any]:
             marks.append(pytest.mark.skip(reason="torch not installed"))
         if t.backend == "array_api_strict" and xs is None:
             marks.append(pytest.mark.skip(reason="array-api-strict not installed"))
+        if t.backend == "jax" and jax is None:
+            marks.append(pytest.mark.skip(reason="jax not installed"))
         if t.device == "cuda":
             marks += [pytest.mark.cuda,
                       pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")]

@@ -169,7 +169,7 @@ SAMPLER = [
     ("noisy-alpha-bar-nan", lambda: GM.sample_noisy(3, float("nan")), ValueError, "alpha_bar_t"),
     ("noisy-alpha-bar-str", lambda: GM.sample_noisy(3, "0.5"), TypeError, "alpha_bar_t"),
     ("backend-int", lambda: GM.sample(3, backend=3), TypeError, "backend"),
-    ("backend-unknown", lambda: GM.sample(3, backend="jax"), ValueError, "backend"),
+    ("backend-unknown", lambda: GM.sample(3, backend="nonesuch"), ValueError, "backend"),
     ("dtype-int-numpy", lambda: GM.sample(3, dtype=np.int64), TypeError, "dtype"),
     ("dtype-int-torch", lambda: GM.sample(3, backend="torch", dtype=torch.int64), TypeError,
      "dtype"),

@@ -50,7 +50,7 @@ def _refdiff(*args, cwd=None, env=None):
     (["demo", "--seed", "-1"], "--seed must lie in 0..4294967295, got -1"),
     (["demo", "--seed", "1.5"], "argument --seed: invalid int value"),
     (["demo", "--sampler", "euler"], "argument --sampler: invalid choice: 'euler'"),
-    (["demo", "--backend", "jax"], "--backend jax: unknown backend"),
+    (["demo", "--backend", "nonesuch"], "--backend nonesuch: unknown backend"),
     (["demo", "--backend"], "argument --backend: expected one argument"),
     (["demo", "--device", "cuda"], "--device cuda needs --backend torch"),
     (["demo", "--device", "foo"], "--device foo needs --backend torch"),
@@ -86,7 +86,7 @@ def test_bad_cuda_device_one_line(tmp_path):
 def test_version():
     proc = _refdiff("--version")
     assert proc.returncode == 0 and proc.stdout.strip() == f"refdiff {refdiff.__version__}"
-    assert refdiff.__version__ == "0.3.0"
+    assert refdiff.__version__ == "0.4.0"
 
 
 def test_demo_help_is_plain_text_with_defaults():

@@ -267,6 +267,21 @@ def test_torch_autograd_of_log_prob_equals_score():
     np.testing.assert_allclose(g.numpy(), to_numpy(FULL.grad_log_prob_class(x, 0.4, 1)), atol=1e-12)
 
 
+def test_jax_grad_of_log_prob_equals_score():
+    """jax.grad through the oracle (the backend's grad, via rd.classifier_gradient) against
+    its closed-form score, float64 (conftest turns on JAX's 64-bit mode)."""
+    jnp = pytest.importorskip("jax.numpy")
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(6, 2)), dtype=jnp.float64)
+    for y in (None, 1):
+        g = rd.classifier_gradient(lambda z: FULL.log_prob(z, 0.4, y), x)
+        assert g.dtype == jnp.float64
+        np.testing.assert_allclose(to_numpy(g), to_numpy(FULL.score(x, 0.4, y)), rtol=1e-12,
+                                   atol=1e-12)
+    g = rd.classifier_gradient(lambda z: FULL.log_prob_class(z, 0.4, 1), x)
+    np.testing.assert_allclose(to_numpy(g), to_numpy(FULL.grad_log_prob_class(x, 0.4, 1)),
+                               atol=1e-12)
+
+
 @pytest.mark.parametrize("call,match", [
     (lambda: GaussianMixture.isotropic([1, -1], [[0, 0], [1, 1]], 1.0), "weights must be 2 finite positive"),
     (lambda: GaussianMixture.isotropic([1, 1], [[0, 0], [1, 1]], 0.0), "positive definite"),

@@ -15,7 +15,7 @@ import refdiff
 PKG = pathlib.Path(refdiff.__file__).parent
 MATH_MODULES = ["_xp", "schedules", "forward", "classifier_free", "classifier_guidance",
                 "steps", "sampling", "oracle", "training", "distillation", "thresholding",
-                "respacing", "presets"]
+                "respacing", "presets", "fused"]
 
 
 def _imports(path: pathlib.Path) -> set[str]:

@@ -61,12 +61,24 @@ def _oracle(ns):
     assert np.abs(np.asarray(ns["eps_c"]) - np.asarray(ns["eps_u"])).max() > 1e-3
 
 
+def _jax(ns):
+    """The fused step under jit against the spec composition: both are sums of terms up to
+    |A·x_t| + |B|·(|ε_u| + 7.5·|ε_c − ε_u|) with a handful of float32 roundings each, so they
+    agree within 16·eps32 times that size; a sign or scale slip is O(1). The gradient of a
+    DDIM step in x_t is the constant A = √(ᾱ_prev/ᾱ_t) (DDIM Eq. 12 is affine in x_t)."""
+    x_prev, spec = np.asarray(ns["x_prev"], np.float64), np.asarray(ns["spec"], np.float64)
+    assert x_prev.shape == spec.shape == (4, 2)
+    size = np.abs(spec).max() + 10 * np.abs(np.asarray(ns["eps_c"])).max() + 10
+    np.testing.assert_allclose(x_prev, spec, rtol=0, atol=16 * np.finfo(np.float32).eps * size)
+    np.testing.assert_allclose(np.asarray(ns["dx"]), np.sqrt(0.55 / 0.3), rtol=1e-6)
+
+
 def _kit(ns):
     ns["test_my_ddim_step"]()  # the block's own test passes on the correct step
 
 
 CHECKS = {"rd.sample(model, x_T": _quickstart, 'device="c': _gpu,
-          "demo_mixture": _oracle, "check_ddim_step": _kit}
+          "demo_mixture": _oracle, "check_ddim_step": _kit, "jax.jit": _jax}
 
 
 def test_readme_has_blocks():

@@ -5,7 +5,8 @@ object is needed only for four things the standard does not provide:
 
 - ``normal(shape, dtype=..., device=..., generator=...)`` and ``uniform(...)``: standard
   normal and uniform [0, 1) draws from a caller-supplied seed (an int) or generator object;
-- ``grad(fn, x)``: the gradient of a scalar-valued function (torch: autograd);
+- ``grad(fn, x)``: the gradient of a scalar-valued function (torch: autograd; JAX:
+  ``jax.grad``);
 - ``to_numpy(a)``: a host NumPy copy, for reporting and tests;
 - ``synchronize(device)``: wait for queued device work (for timing).
 
@@ -31,7 +32,11 @@ _BUILTIN = {
     "numpy": "refdiff.backends.numpy_backend:NumpyBackend",
     "torch": "refdiff.backends.torch_backend:TorchBackend",
     "array_api_strict": "refdiff.backends.strict_backend:StrictBackend",
+    "jax": "refdiff.backends.jax_backend:JaxBackend",
 }
+# the top-level package of an array type -> the backend that owns it, where the two differ
+# (jax.Array's concrete type lives in jaxlib)
+_ROOTS = {"jaxlib": "jax"}
 _factories: dict[str, Callable[[], "Backend"]] = {}
 _instances: dict[str, "Backend"] = {}
 _entry_points_loaded = False
@@ -309,7 +314,7 @@ def _by_name(name: str) -> Backend:
 
 
 def get_backend(name_or_array: Any) -> Backend:
-    """The backend for a name ("numpy", "torch", "array_api_strict", registered names) or
+    """The backend for a name ("numpy", "torch", "array_api_strict", "jax", registered names) or
     for an array (the backend whose library owns it).
 
     Raises
@@ -322,6 +327,7 @@ def get_backend(name_or_array: Any) -> Backend:
     if isinstance(name_or_array, str):
         return _by_name(name_or_array)
     root = type(name_or_array).__module__.split(".")[0]
+    root = _ROOTS.get(root, root)
     candidates = [root] if root in _BUILTIN else []
     candidates += [n for n in available_backends() if n not in candidates]
     for name in candidates:

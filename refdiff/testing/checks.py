@@ -51,8 +51,11 @@ DEFAULT_SCHEDULE = S.ScheduleSpec("linear", 1000)
 
 @dataclass(frozen=True)
 class Target:
-    """Where the candidate's inputs live: ``backend`` ("numpy", "torch", "array_api_strict"),
-    ``dtype`` and ``device``. refdiff's own backend tests use the same class for their matrix."""
+    """Where the candidate's inputs live: ``backend`` ("numpy", "torch", "array_api_strict",
+    "jax"), ``dtype`` and ``device``. refdiff's own backend tests use the same class for their
+    matrix. A JAX device is a platform string ("cpu", "gpu", "gpu:1"); a JAX float64 target
+    needs ``jax.config.update("jax_enable_x64", True)`` (without it :meth:`put` raises
+    TypeError, where JAX would silently give float32)."""
 
     backend: str = "numpy"
     dtype: str = "float64"
@@ -60,7 +63,8 @@ class Target:
 
     @property
     def id(self) -> str:
-        """A readable id: ``numpy-float64``, ``torch-cpu-float32``, ``array_api_strict-device1-float32``."""
+        """A readable id: ``numpy-float64``, ``torch-cpu-float32``, ``jax-cpu-float32``,
+        ``array_api_strict-device1-float32``."""
         dev = "" if self.backend == "numpy" or (self.backend == "array_api_strict"
                                                  and self.device == "cpu") else f"{self.device}-"
         return f"{self.backend}-{dev}{self.dtype}"

@@ -50,7 +50,7 @@ ARRAY_CHECKS = ("q_sample", "posterior", "ddpm", "ddpm_learned", "ddim", "cfg",
                 "classifier_guidance", "loop")
 # keyword arguments of a check that the command line sets itself, not through --option
 STRUCTURAL = ("schedule", "target", "max_examples", "seed", "model")
-EXTRAS = {"diffusers": "diffusers", "torch": "torch", "array_api_strict": "test"}
+EXTRAS = {"diffusers": "diffusers", "torch": "torch", "array_api_strict": "test", "jax": "jax"}
 FIXED, LEARNED = ("fixed_small", "fixed_large"), ("learned", "learned_range")
 
 
@@ -155,10 +155,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="check option: eta=0.5, variance_type=fixed_large, clip_x0=1.0, ...")
     p.add_argument("--schedule", default=None, metavar="KIND:T",
                    help="schedule of a function target (default linear:1000)")
-    p.add_argument("--backend", default=None, choices=["numpy", "torch", "array_api_strict"],
+    p.add_argument("--backend", default=None,
+                   choices=["numpy", "torch", "array_api_strict", "jax"],
                    help="where a function target's inputs live (default numpy)")
     p.add_argument("--dtype", default=None, choices=["float64", "float32", "float16", "bfloat16"],
-                   help="their dtype (default float64; bfloat16 needs torch)")
+                   help="their dtype (default float64; bfloat16 needs torch or jax)")
     p.add_argument("--max-examples", type=int, default=None, help="examples per check (>= 1)")
     p.add_argument("--seed", type=int, default=None,
                    help="an integer >= 0: a seeded random search (default: deterministic)")
@@ -332,8 +333,11 @@ def _run_function(args) -> list:
     target = Target(args.backend or "numpy", args.dtype or "float64")
     if target.backend != "numpy":
         _require(target.backend)
-    if target.dtype == "bfloat16" and target.backend != "torch":
-        raise UsageError("--dtype bfloat16 needs --backend torch")
+    if target.dtype == "bfloat16" and target.backend not in ("torch", "jax"):
+        raise UsageError("--dtype bfloat16 needs --backend torch or jax")
+    if target.backend == "jax" and target.dtype == "float64":
+        import jax  # float64 arrays need JAX's 64-bit mode; this process is the command's own
+        jax.config.update("jax_enable_x64", True)
     module, attr = args.target.split(":", 1)
     candidate = [f"from {module} import {attr} as candidate"]
     params = list(inspect.signature(fn).parameters)

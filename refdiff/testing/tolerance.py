@@ -46,15 +46,23 @@ class ConformanceError(AssertionError):
 
 
 def dtype_name(a: Any) -> str:
-    """``"float32"`` for a NumPy, torch or array-api-strict float32 array (or scalar)."""
+    """``"float32"`` for a NumPy, torch, array-api-strict or JAX float32 array (or scalar)."""
     if isinstance(a, float):
         return "float64"
     return str(a.dtype).split(".")[-1]
 
 
 def device_name(a: Any) -> str:
-    """The device an array lives on, as a string ("cpu" for NumPy and host scalars)."""
-    dev = str(getattr(a, "device", "cpu"))
+    """The device an array lives on, as a string ("cpu" for NumPy and host scalars; a JAX
+    device as its platform and index, "cpu" or "gpu:0"; a traced JAX array, whose device is
+    unknown, as "cpu")."""
+    dev = getattr(a, "device", "cpu")
+    if dev is None:  # a JAX tracer
+        return "cpu"
+    platform = getattr(dev, "platform", None)  # a jax.Device
+    if isinstance(platform, str):
+        return "cpu" if platform == "cpu" else f"{platform}:{dev.id}"
+    dev = str(dev)
     if "CPU_DEVICE" in dev or dev == "cpu":
         return "cpu"
     match = re.search(r"Device\('(.*)'\)", dev)  # array-api-strict's Device('device1')
@@ -88,7 +96,14 @@ def from_numpy(a: Any, backend: str = "numpy", dtype: str = "float64", device: s
         import array_api_strict as xs
         dev = None if device == "cpu" else xs.Device(device)
         return xs.asarray(xs.asarray(a), dtype=getattr(xs, dtype), device=dev)
-    raise ValueError(f"backend must be 'numpy', 'torch' or 'array_api_strict', got {backend!r}")
+    if backend == "jax":  # float64 needs jax_enable_x64: the backend refuses it otherwise
+        import jax
+        import jax.numpy as jnp
+        from refdiff.backends import get_backend
+        jb = get_backend("jax")
+        return jax.device_put(jnp.asarray(a, dtype=jb._dtype(dtype)), jb._device(device))
+    raise ValueError(f"backend must be 'numpy', 'torch', 'array_api_strict' or 'jax', got "
+                     f"{backend!r}")
 
 
 def difference(actual: Any, expected: Any) -> tuple[float, float]:
