@@ -3,8 +3,7 @@
 Nothing here is a second copy of the math. Each compiled function is ``torch.compile`` (or
 ``jax.jit``) applied to a short function that calls refdiff's public eager functions
 (:func:`refdiff.cfg`, :func:`refdiff.ddim_step`, :func:`refdiff.ddpm_step`,
-:func:`refdiff.q_sample`, and :func:`refdiff.fused.guided_ddim_step` when that module is
-present); TorchDynamo traces through refdiff's argument checks (metadata only, so they vanish
+:func:`refdiff.q_sample`, and :func:`refdiff.fused.guided_ddim_step`); TorchDynamo traces through refdiff's argument checks (metadata only, so they vanish
 from the graph) and Inductor fuses the element-wise chain into one kernel.
 
 Opt in explicitly; importing :mod:`refdiff` never imports torch or JAX, and this module
@@ -146,20 +145,10 @@ _USE_EAGER = ("the compiled loop runs CFG + DDIM (eta >= 0) with an epsilon mode
 
 
 def _guided_ddim_fn() -> Callable[..., Any]:
-    """refdiff's guided DDIM step: the fused one linear combination when refdiff.fused
-    exists, else its definition ``ddim_step(x_t, cfg(ε_u, ε_c, s), ...)``."""
-    try:
-        from refdiff.fused import guided_ddim_step as fused
-    except ImportError:
-        fused = None
-    if fused is not None:
-        return fused
-
-    def composed(x_t: Any, eps_uncond: Any, eps_cond: Any, scale: Any, alpha_bar_t: Any,
-                 alpha_bar_prev: Any, *, eta: float = 0.0, noise: Any = None) -> Any:
-        return rd.ddim_step(x_t, rd.cfg(eps_uncond, eps_cond, scale), alpha_bar_t,
-                            alpha_bar_prev, eta=eta, noise=noise)
-    return composed
+    """refdiff's guided DDIM step: the fused linear combination :func:`refdiff.guided_ddim_step`
+    (its definition, ``ddim_step(x_t, cfg(ε_u, ε_c, s), ...)``, is tied to it by
+    tests/test_fused.py)."""
+    return rd.guided_ddim_step
 
 
 class _Step:
@@ -200,8 +189,7 @@ class DDIMLoop:
     """A CFG + DDIM sampling loop whose step is compiled once and reused for every step.
 
     The torch loop compiles one function, refdiff's guided DDIM step
-    (:func:`refdiff.fused.guided_ddim_step`, or ``ddim_step(x, cfg(ε_u, ε_c, s), ...)``
-    where that module is absent), with ``torch.compile``. The model stays eager (compile it
+    (:func:`refdiff.fused.guided_ddim_step`), with ``torch.compile``. The model stays eager (compile it
     yourself if you want). ᾱ_t, ᾱ_prev and s go in as 0-d float64 tensors on the device of
     x and the noise as a tensor, so nothing the step sees changes from one step, schedule or
     scale to the next: it compiles once per (η, shape, dtype, device; a scale of exactly 0
@@ -300,9 +288,9 @@ class DDIMLoop:
             eager = _Step(_guided_ddim_fn(), eta)
             # dynamic=False: shapes and η stay static (a changed Python float would otherwise
             # turn symbolic on the next compilation, and η is checked on the host)
-            self._torch_steps[key] = (eager, torch.compile(
+            self._torch_steps[key] = torch.compile(
                 eager, backend=self._counting_backend(cudagraphs), fullgraph=True,
-                dynamic=False))
+                dynamic=False)
         return self._torch_steps[key]
 
     def _sample_torch(self, model: Any, x_T: Any, g: Guidance, run: Any, generator: Any) -> Any:
@@ -312,7 +300,7 @@ class DDIMLoop:
         noisy = run.eta > 0
         gen = backend.generator(generator, dev)  # checked even when no step draws (η = 0)
         cudagraphs = self._use_cuda_graphs(x_T)
-        _, step = self._torch_step(run.eta, cudagraphs)
+        step = self._torch_step(run.eta, cudagraphs)
         s = float(run.scale)
         # the per-step scalars in float64 on x's device: one transfer per run, then one 0-d
         # tensor each (separate storages, so TorchDynamo sees no aliasing between inputs)
@@ -354,7 +342,7 @@ class DDIMLoop:
     def _jax_loop(self, model: Any, eta: float, branches: str) -> Callable[..., Any]:
         import jax
 
-        key = (model, eta, branches)
+        key: Any = (model, eta, branches)
         try:
             cached = self._jax_loops.get(key)
         except TypeError:                      # an unhashable model: no cache

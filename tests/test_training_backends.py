@@ -110,6 +110,8 @@ def _int_labels(target, labels: np.ndarray):
     made = target.with_dtype("float64").put(labels)
     if target.backend == "torch":
         return made.to(dtype=__import__("torch").int64)
+    if target.backend == "jax":
+        return made.astype(__import__("jax.numpy").numpy.int64)
     import array_api_strict as xs
 
     return xs.astype(made, xs.int64)
