@@ -670,3 +670,37 @@ def test_eta_too_large_is_refused_and_eta_one_at_a_clean_level_is_not():
     sig, _ = ddim_sigma(np.array([0.36, 0.64]), np.array([1.0, 0.81]), 1.0)
     np.testing.assert_allclose(np.ravel(sig) ** 2, [0.0, 0.19 / 0.36 * (1 - 0.64 / 0.81)],
                                rtol=1e-13, atol=1e-300)
+
+
+# ----- the namespace handed to check_floating (the memo of dtype facts emptied first) ------
+
+def _first_floating_checks():
+    """(mutants, call): each call's named check_floating is the first of its (array type,
+    dtype) in the call, so with refdiff._xp's memo emptied the namespace it is handed is read
+    (a None there fails). float16 keeps the key fresh after the prologue's other checks."""
+    from refdiff.oracle import GaussianMixture
+    import refdiff as rd
+
+    h = np.ones((2, 3), np.float16)
+    mean, g = np.ones((2, 3), np.float32), np.zeros((2, 3), np.float32)
+    gm = GaussianMixture.isotropic([0.5, 0.5], [[-1.0], [1.0]], 0.25)
+    return [
+        ("log_softmax__mutmut_3", lambda: log_softmax(h)),
+        ("_check_logits_labels__mutmut_6", lambda: rd.cross_entropy(h, np.array([0, 1]))),
+        ("classifier_gradient__mutmut_3",
+         lambda: rd.classifier_gradient(None, h, grad_log_prob=lambda x: x * 0)),
+        ("classifier_guided_mean__mutmut_45 (a float64 Σ beside a float32 mean)",
+         lambda: rd.classifier_guided_mean(mean, np.ones((2, 3)), g, 1.0)),
+        ("oracle _inputs__mutmut_5", lambda: gm.eps(np.ones((2, 1), np.float16), 0.5)),
+    ]
+
+
+@pytest.mark.parametrize("i", range(5))
+def test_first_floating_check_uses_the_namespace(i, monkeypatch):
+    """Kills the `check_floating(None, ...)` mutants named in each case: the checks pass the
+    call's namespace, not a placeholder the memo happens to hide."""
+    from refdiff import _xp
+
+    name, call = _first_floating_checks()[i]
+    monkeypatch.setattr(_xp, "_FACTS", {})
+    call()  # no AttributeError from a None namespace
