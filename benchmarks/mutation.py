@@ -584,7 +584,8 @@ def main(argv=None) -> int:
             names = unkilled(workdir, args.modules) if args.rerun_survivors else None
             wall = run_mutmut(workdir, args.modules, args.max_children, names=names)
             phases.append({"what": f"rerun of {len(names)} unkilled mutants" if names is not None
-                           else "all mutants", "modules": args.modules, "wall_s": wall})
+                           else "all mutants", "modules": args.modules, "wall_s": wall,
+                           "max_children": args.max_children})
             log.write_text(json.dumps(phases))
         res = collect(workdir, args.modules)
     finally:
@@ -593,7 +594,9 @@ def main(argv=None) -> int:
     meta = {"date": _dt.date.today().isoformat(), "commit": _commit(),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
                        f"{platform.python_version()}",
-            "mutmut": getattr(mutmut, "__version__", "?"), "max_children": args.max_children,
+            "mutmut": getattr(mutmut, "__version__", "?"),
+            "max_children": "/".join(sorted({str(p.get("max_children", "?")) for p in phases}))
+            or str(args.max_children),  # as run (a --report-only call runs nothing)
             "wall": "; ".join(f"{p['what']} of {', '.join(p['modules'])}: {p['wall_s'] / 60:.1f} min"
                               for p in phases) or "not recorded",
             "subset": _fast_subset()}
