@@ -50,7 +50,7 @@ from typing import Any, Callable, NamedTuple
 import refdiff as rd
 from refdiff import _xp
 from refdiff.backends import get_backend
-from refdiff.sampling import Guidance, _checked_run, _model_output
+from refdiff.sampling import Guidance, _checked_run
 
 __all__ = ["compile_fn", "guided_ddim_step", "ddim_step", "ddpm_step", "cfg", "q_sample",
            "is_available", "DDIMLoop", "RunInfo", "sample_ddim", "default_loop"]
@@ -144,13 +144,6 @@ _USE_EAGER = ("the compiled loop runs CFG + DDIM (eta >= 0) with an epsilon mode
               "returns x_0 only; use refdiff.sample")
 
 
-def _guided_ddim_fn() -> Callable[..., Any]:
-    """refdiff's guided DDIM step: the fused linear combination :func:`refdiff.guided_ddim_step`
-    (its definition, ``ddim_step(x_t, cfg(ε_u, ε_c, s), ...)``, is tied to it by
-    tests/test_fused.py)."""
-    return rd.guided_ddim_step
-
-
 class _Step:
     """The traced step. η is an attribute, so TorchDynamo guards it as a constant: a
     Python-float argument (or closure value) becomes a symbolic float, and refdiff checks
@@ -195,7 +188,10 @@ class DDIMLoop:
     scale to the next: it compiles once per (η, shape, dtype, device; a scale of exactly 0
     or 1, which evaluates one branch and passes its ε twice, is one more graph) and every
     later step and run reuses it. For JAX arrays the whole loop is one ``jax.jit`` of a
-    ``jax.lax.scan``; it compiles once per (model, η, number of steps, shape, dtype).
+    ``jax.lax.scan``; it compiles once per (model, η, number of steps, shape, dtype). This
+    class checks the options and runs :func:`refdiff.sample`'s prologue; the library's own
+    part is the backend's ``ddim_loop`` (refdiff/backends/torch_backend.py, jax_backend.py),
+    so this module imports neither library.
 
     Parameters
     ----------
@@ -246,160 +242,6 @@ class DDIMLoop:
         return (f"DDIMLoop(backend={self.backend!r}, mode={self.mode!r}, cuda_graphs="
                 f"{self.cuda_graphs!r}; {self.compilations} compilation(s))")
 
-    # ----- torch --------------------------------------------------------------------------
-
-    def _counting_backend(self, cudagraphs: bool) -> Callable[..., Any]:
-        """The TorchDynamo backend, wrapped to count the graphs it compiles."""
-        import torch
-
-        def compile_graph(gm: Any, example_inputs: Any) -> Any:
-            if self.backend != "inductor":
-                inner = self.backend if callable(self.backend) else \
-                    torch._dynamo.lookup_backend(self.backend)
-                return inner(gm, example_inputs)
-            from torch._inductor import list_mode_options
-            from torch._inductor.compile_fx import compile_fx
-
-            patches = dict(list_mode_options(self.mode or "default"))
-            patches["triton.cudagraphs"] = cudagraphs   # as mode="reduce-overhead" sets it
-            return compile_fx(gm, example_inputs, config_patches=patches)
-
-        def backend(gm: Any, example_inputs: Any) -> Any:
-            compiled = compile_graph(gm, example_inputs)
-            # counted once it succeeded: AOTAutograd may fail a first attempt and retry
-            self.compilations += 1
-            return compiled
-        return backend
-
-    def _use_cuda_graphs(self, x: Any) -> bool:
-        on_cuda = x.device.type == "cuda"
-        if self.cuda_graphs is True and not on_cuda:
-            raise ValueError(f"cuda_graphs=True needs x_T on a CUDA device, got device "
-                             f"{x.device}; use cuda_graphs='auto' (skips them on a CPU)")
-        if self.cuda_graphs is True and self.backend != "inductor":
-            raise ValueError(f"cuda_graphs=True needs backend='inductor', got {self.backend!r}")
-        return bool(self.cuda_graphs) and on_cuda and self.backend == "inductor"
-
-    def _torch_step(self, eta: float, cudagraphs: bool) -> Callable[..., Any]:
-        import torch
-
-        key = (eta, cudagraphs)
-        if key not in self._torch_steps:
-            eager = _Step(_guided_ddim_fn(), eta)
-            # dynamic=False: shapes and η stay static (a changed Python float would otherwise
-            # turn symbolic on the next compilation, and η is checked on the host)
-            self._torch_steps[key] = torch.compile(
-                eager, backend=self._counting_backend(cudagraphs), fullgraph=True,
-                dynamic=False)
-        return self._torch_steps[key]
-
-    def _sample_torch(self, model: Any, x_T: Any, g: Guidance, run: Any, generator: Any) -> Any:
-        import torch
-
-        backend, dev = get_backend("torch"), x_T.device
-        noisy = run.eta > 0
-        gen = backend.generator(generator, dev)  # checked even when no step draws (η = 0)
-        cudagraphs = self._use_cuda_graphs(x_T)
-        step = self._torch_step(run.eta, cudagraphs)
-        s = float(run.scale)
-        # the per-step scalars in float64 on x's device: one transfer per run, then one 0-d
-        # tensor each (separate storages, so TorchDynamo sees no aliasing between inputs)
-        host = [s] + [v for _, ab_t, ab_prev in run.levels for v in (ab_t, ab_prev)]
-        scalars = [v.clone() for v in torch.tensor(host, dtype=torch.float64,
-                                                   device=dev).unbind()]
-        s_t, levels = scalars[0], scalars[1:]
-        before, after_first = self.compilations, self.compilations
-        x = x_T
-        n = len(run.levels)
-        with torch.no_grad(), _quiet_dynamo():
-            for i, (t, _, _) in enumerate(run.levels):
-                if s == 1 or s == 0:           # one branch, as refdiff.sample: ε_u = ε_c
-                    # (the same tensor twice: TorchDynamo compiles this aliasing once, apart)
-                    eps_u = eps_c = _model_output(run.xp, False, model, x, t,
-                                                  g.cond if s == 1 else g.uncond)[0]
-                else:                          # CFG Algorithm 2, line 5 (conditional first)
-                    eps_c = _model_output(run.xp, False, model, x, t, g.cond)[0]
-                    eps_u = _model_output(run.xp, False, model, x, t, g.uncond)[0]
-                noise = None
-                if noisy:                      # no noise after the last step
-                    noise = (torch.zeros_like(x) if i == n - 1 else
-                             backend.normal(tuple(x.shape), dtype=x.dtype, device=dev,
-                                            generator=gen))
-                args = (x, eps_u, eps_c, s_t, levels[2 * i], levels[2 * i + 1], noise)
-                if cudagraphs:                 # x (this step's input) is last step's output
-                    torch.compiler.cudagraph_mark_step_begin()
-                x = step(*args)
-                if i == 0:
-                    after_first = self.compilations
-        if cudagraphs:                         # the graph's output buffer is reused next run
-            x = x.clone()
-        self.last_run = RunInfo(n, self.compilations - before, self.compilations - after_first,
-                                cudagraphs)
-        return x
-
-    # ----- JAX ----------------------------------------------------------------------------
-
-    def _jax_loop(self, model: Any, eta: float, branches: str) -> Callable[..., Any]:
-        import jax
-
-        key: Any = (model, eta, branches)
-        try:
-            cached = self._jax_loops.get(key)
-        except TypeError:                      # an unhashable model: no cache
-            key, cached = None, None
-        if cached is not None:
-            return cached
-        step = _guided_ddim_fn()
-        xp = get_backend("jax").xp
-
-        def loop(x_T: Any, cond: Any, uncond: Any, scale: Any, ts: Any, ab_t: Any,
-                 ab_prev: Any, keep: Any, rng: Any) -> Any:
-            self.compilations += 1             # runs once per trace, i.e. per compilation
-
-            def body(carry: Any, level: Any) -> Any:
-                x, k = carry
-                t, a, a_prev, m = level
-                if branches == "both":         # CFG Algorithm 2, line 5
-                    eps_c = _model_output(xp, False, model, x, t, cond)[0]
-                    eps_u = _model_output(xp, False, model, x, t, uncond)[0]
-                else:
-                    eps_u = eps_c = _model_output(xp, False, model, x, t,
-                                                  cond if branches == "cond" else uncond)[0]
-                noise = None
-                if eta > 0:                    # the JAX backend's KeyStream: split, draw
-                    k, sub = jax.random.split(k)
-                    noise = jax.random.normal(sub, x.shape, x.dtype) * m.astype(x.dtype)
-                return (step(x, eps_u, eps_c, scale, a, a_prev, eta=eta, noise=noise), k), None
-
-            (x, _), _ = jax.lax.scan(body, (x_T, rng), (ts, ab_t, ab_prev, keep))
-            return x
-
-        jitted = jax.jit(loop)
-        if key is not None:
-            self._jax_loops[key] = jitted
-        return jitted
-
-    def _sample_jax(self, model: Any, x_T: Any, g: Guidance, run: Any, generator: Any) -> Any:
-        import jax.numpy as jnp
-
-        noisy = run.eta > 0
-        rng = get_backend("jax").generator(generator).key if noisy else None
-        s = float(run.scale)
-        branches = "cond" if s == 1 else "uncond" if s == 0 else "both"
-        fn = self._jax_loop(model, run.eta, branches)
-        n = len(run.levels)
-        # JAX's default float (float32 unless jax_enable_x64) for the levels: see sample_ddim
-        ts = jnp.asarray([t for t, _, _ in run.levels], dtype=jnp.int32)
-        ab_t = jnp.asarray([a for _, a, _ in run.levels])
-        ab_prev = jnp.asarray([p for _, _, p in run.levels])
-        keep = jnp.asarray([1.0] * (n - 1) + [0.0])  # no noise after the last step
-        before = self.compilations
-        x = fn(x_T, g.cond, g.uncond, jnp.asarray(s, dtype=x_T.dtype), ts, ab_t, ab_prev,
-               keep, rng)
-        new = self.compilations - before
-        self.last_run = RunInfo(n, new, 0, False)  # one program: nothing after step 1
-        return x
-
     # ----- public -------------------------------------------------------------------------
 
     def sample(self, model: Callable[[Any, Any, Any], Any], x_T: Any, schedule: Any, *,
@@ -441,9 +283,9 @@ class DDIMLoop:
                            variance_type=None, last_step_variance="floor", clip_x0=None,
                            rederive_eps=True, classifier_order="shift_then_clip",
                            final_alpha_bar=final_alpha_bar)
-        if x_lib == "torch":
-            return self._sample_torch(model, x_T, g, run, generator)
-        return self._sample_jax(model, x_T, g, run, generator)
+        # the library's own part (compilation, no-grad, CUDA graphs, scan, traced draws) is
+        # the backend's: refdiff.backends.torch_backend / jax_backend
+        return get_backend(x_T).ddim_loop(self, model, x_T, g, run, generator)
 
 
 _DEFAULT: DDIMLoop | None = None

@@ -261,6 +261,12 @@ class Backend:
     def synchronize(self, device: Any = None) -> None:
         """Block until queued work on ``device`` has finished (no-op on the host)."""
 
+    def ddim_loop(self, loop: Any, model: Any, x_T: Any, guidance: Any, run: Any,
+                  generator: Any) -> Any:
+        """The library's part of :meth:`refdiff.compiled.DDIMLoop.sample` (torch, JAX)."""
+        raise TypeError(f"the {self.name} backend has no compiled loop; refdiff.compiled's "
+                        "loop needs torch or JAX (use refdiff.sample)")
+
     def compile(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn`` compiled for this library (the opt-in fast path of :mod:`refdiff.compiled`)."""
         raise TypeError(f"the {self.name} backend has no compiler; refdiff.compiled needs "

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from refdiff.backends import Backend, _describe
+from refdiff.backends import Backend, _describe, get_backend
 
 __all__ = ["JaxBackend", "KeyStream"]
 
@@ -291,6 +291,12 @@ class JaxBackend(Backend):
         jax.effects_barrier()
         self._place(jnp.zeros(()), self._device(device)).block_until_ready()
 
+    def ddim_loop(self, loop: Any, model: Any, x_T: Any, guidance: Any, run: Any,
+                  generator: Any) -> Any:
+        """The JAX part of :meth:`refdiff.compiled.DDIMLoop.sample`: the whole loop as one
+        ``jax.jit`` of a ``jax.lax.scan`` (the model must be traceable)."""
+        return _sample_jax(loop, model, x_T, guidance, run, generator)
+
     def compile(self, fn: Callable[..., Any], **jit_options: Any) -> Callable[..., Any]:
         """``jax.jit(fn, **jit_options)``.
 
@@ -299,3 +305,68 @@ class JaxBackend(Backend):
         (``eta``, ``scale``) need those static or bound with ``functools.partial``.
         """
         return jax.jit(fn, **jit_options)
+
+
+# ----- the compiled DDIM loop of refdiff.compiled.DDIMLoop: its JAX part ------------------
+# (one jax.jit of a lax.scan over the steps, the noise drawn inside from the run's key)
+
+def _jax_loop(loop: Any, model: Any, eta: float, branches: str) -> Callable[..., Any]:
+    from refdiff.fused import guided_ddim_step as step
+    from refdiff.sampling import _model_output
+
+    key: Any = (model, eta, branches)
+    try:
+        cached = loop._jax_loops.get(key)
+    except TypeError:                      # an unhashable model: no cache
+        key, cached = None, None
+    if cached is not None:
+        return cached
+    xp = get_backend("jax").xp
+
+    def run_all(x_T: Any, cond: Any, uncond: Any, scale: Any, ts: Any, ab_t: Any,
+                ab_prev: Any, keep: Any, rng: Any) -> Any:
+        loop.compilations += 1             # runs once per trace, i.e. per compilation
+
+        def body(carry: Any, level: Any) -> Any:
+            x, k = carry
+            t, a, a_prev, m = level
+            if branches == "both":         # CFG Algorithm 2, line 5
+                eps_c = _model_output(xp, False, model, x, t, cond)[0]
+                eps_u = _model_output(xp, False, model, x, t, uncond)[0]
+            else:
+                eps_u = eps_c = _model_output(xp, False, model, x, t,
+                                              cond if branches == "cond" else uncond)[0]
+            noise = None
+            if eta > 0:                    # the JAX backend's KeyStream: split, draw
+                k, sub = jax.random.split(k)
+                noise = jax.random.normal(sub, x.shape, x.dtype) * m.astype(x.dtype)
+            return (step(x, eps_u, eps_c, scale, a, a_prev, eta=eta, noise=noise), k), None
+
+        (x, _), _ = jax.lax.scan(body, (x_T, rng), (ts, ab_t, ab_prev, keep))
+        return x
+
+    jitted = jax.jit(run_all)
+    if key is not None:
+        loop._jax_loops[key] = jitted
+    return jitted
+
+def _sample_jax(loop: Any, model: Any, x_T: Any, g: Any, run: Any, generator: Any) -> Any:
+    from refdiff.compiled import RunInfo
+
+    noisy = run.eta > 0
+    rng = get_backend("jax").generator(generator).key if noisy else None
+    s = float(run.scale)
+    branches = "cond" if s == 1 else "uncond" if s == 0 else "both"
+    fn = _jax_loop(loop, model, run.eta, branches)
+    n = len(run.levels)
+    # JAX's default float (float32 unless jax_enable_x64) for the levels: see sample_ddim
+    ts = jnp.asarray([t for t, _, _ in run.levels], dtype=jnp.int32)
+    ab_t = jnp.asarray([a for _, a, _ in run.levels])
+    ab_prev = jnp.asarray([p for _, _, p in run.levels])
+    keep = jnp.asarray([1.0] * (n - 1) + [0.0])  # no noise after the last step
+    before = loop.compilations
+    x = fn(x_T, g.cond, g.uncond, jnp.asarray(s, dtype=x_T.dtype), ts, ab_t, ab_prev,
+           keep, rng)
+    new = loop.compilations - before
+    loop.last_run = RunInfo(n, new, 0, False)  # one program: nothing after step 1
+    return x
