@@ -113,7 +113,15 @@ def _guidance_calls(a: SimpleNamespace) -> dict[str, Callable[[], Any]]:
         "classifier_guided_mean": lambda: rd.classifier_guided_mean(u, 0.1, c, 2.0),
         "classifier_gradient": lambda: rd.classifier_gradient(
             log_prob, x, grad_log_prob=lambda v: v * 1.0),
+        "apg": lambda: rd.apg(u, c, 7.5, norm_threshold=1.0),
+        "cfgpp_ddim_step": lambda: rd.cfgpp_ddim_step(x, u, c, 0.6, 0.3, 0.55),
+        "scheduled_scale": lambda: rd.scheduled_scale(_INTERVAL, 10, 50, 1.3),
+        "sigma_from_alpha_bar": lambda: rd.sigma_from_alpha_bar(0.3),
+        "interval_from_steps": lambda: rd.interval_from_steps([8.0, 4.0, 2.0, 1.0], 1, 2),
     }
+
+
+_INTERVAL = rd.ScaleSchedule("interval", 7.5, sigma_lo=0.28, sigma_hi=5.42)
 
 
 def _forward_calls(a: SimpleNamespace) -> dict[str, Callable[[], Any]]:

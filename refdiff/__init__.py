@@ -16,7 +16,10 @@ from refdiff.forward import (PREDICTION_TYPES, posterior_coefficients, predict_x
                              prediction_from_x0_eps, q_posterior, q_sample, v_target)
 from refdiff.presets import INVERSION_PRESETS, PRESETS
 from refdiff.fused import guided_ddim_step, guided_ddpm_step
-from refdiff.sampling import Guidance, ddim_invert, sample
+from refdiff.guidance_variants import APG, apg, cfgpp_ddim_step
+from refdiff.sampling import GUIDANCE_METHODS, Guidance, ddim_invert, sample
+from refdiff.scale_schedules import (SCHEDULE_KINDS, ScaleSchedule, interval_from_steps,
+                                     scheduled_scale, sigma_from_alpha_bar)
 from refdiff.respacing import ORIGINAL_SPACINGS, compvis_timesteps, guided_diffusion_timesteps
 from refdiff.schedules import (SPACINGS, Schedule, cosine_schedule,
                                guided_diffusion_linear_schedule, inference_timesteps,
@@ -27,7 +30,7 @@ from refdiff.steps import (VARIANCE_TYPES, ddim_inversion_step, ddim_sigma, ddim
 from refdiff.training import (alpha_bar_at, diffusion_loss, drop_condition, min_snr_weight,
                               sample_timesteps, snr)
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "INVERSION_PRESETS", "PRESETS", "PREDICTION_TYPES", "SPACINGS", "VARIANCE_TYPES", "Guidance", "Schedule", "cfg", "cfg_multi",
@@ -45,4 +48,7 @@ __all__ = [
     "sinusoidal_embedding", "snr",
     "DynamicThreshold", "dynamic_threshold",  # refdiff.thresholding
     "ORIGINAL_SPACINGS", "compvis_timesteps", "guided_diffusion_timesteps",  # refdiff.respacing
+    "APG", "GUIDANCE_METHODS", "apg", "cfgpp_ddim_step",  # refdiff.guidance_variants
+    "SCHEDULE_KINDS", "ScaleSchedule", "interval_from_steps", "scheduled_scale",
+    "sigma_from_alpha_bar",  # refdiff.scale_schedules
 ]

@@ -51,6 +51,7 @@ import refdiff as rd
 from refdiff import _xp
 from refdiff.backends import get_backend
 from refdiff.sampling import Guidance, _checked_run
+from refdiff.scale_schedules import ScaleSchedule
 
 __all__ = ["compile_fn", "guided_ddim_step", "ddim_step", "ddpm_step", "cfg", "q_sample",
            "is_available", "DDIMLoop", "RunInfo", "sample_ddim", "default_loop"]
@@ -273,6 +274,14 @@ class DDIMLoop:
         if g.classifier is not None or g.grad_log_prob is not None:
             raise ValueError(f"Guidance.classifier / grad_log_prob are not supported: "
                              f"{_USE_EAGER}")
+        extras: dict[str, Any] = {"method": g.method != "cfg", "apg": g.apg is not None,
+                                  "guiding_model": g.guiding_model is not None}
+        for name, changed in extras.items():
+            if changed:
+                raise ValueError(f"Guidance.{name}={getattr(g, name)!r} is not supported: "
+                                 f"{_USE_EAGER}")
+        if isinstance(g.scale, ScaleSchedule):
+            raise ValueError(f"a ScaleSchedule as Guidance.scale is not supported: {_USE_EAGER}")
         if _xp.is_array(g.scale):
             raise TypeError(f"Guidance.scale must be a real number for the compiled loop (one "
                             f"s for the batch), got an array of shape {tuple(g.scale.shape)}; "

@@ -120,22 +120,24 @@ def _loop_fuses(run: Any, callback: Any) -> bool:
     x̂_0 or ε̃ is needed by: a non-ε model (x̂_0 is its output or derived from it), guidance
     rescale (acts on ε̃), classifier guidance (shifts ε̃ or the mean), clipping and dynamic
     thresholding (act on x̂_0), learned variances (a model channel, not a fixed σ) and a
-    callback (it receives x̂_0). A float scale 0 or 1 evaluates one branch: no CFG to fuse.
+    callback (it receives x̂_0); APG and CFG++ are not CFG. A step whose scale is a float 0
+    or 1 evaluates one branch and takes the spec path: no CFG to fuse.
     """
     cs = run.classifier_scale
     return (run.prediction_type == "epsilon" and run.rescale == 0 and run.clip_x0 is None
             and run.variance_type in FIXED_VARIANCE_TYPES and not run.learned
             and not (_xp.is_array(cs) or cs != 0) and callback is None
-            and not _is_end(run.scale))
+            and run.method == "cfg")
 
 
-def _loop_step(run: Any, x: Any, eps_uncond: Any, eps_cond: Any, ab_t: float, ab_prev: float,
-               noise: Any) -> Any:
-    """One step of the loop's fast path: guided DDIM or DDPM as one linear combination."""
+def _loop_step(run: Any, x: Any, eps_uncond: Any, eps_cond: Any, s: Any, ab_t: float,
+               ab_prev: float, noise: Any) -> Any:
+    """One step of the loop's fast path at scale s: guided DDIM or DDPM as one linear
+    combination (the loop takes it at the steps where s is not a float 0 or 1)."""
     if run.sampler == "ddim":
-        return _guided_ddim_step(run.xp, x, eps_uncond, eps_cond, run.scale, ab_t, ab_prev,
-                                 run.eta, noise)
-    return _guided_ddpm_step(run.xp, x, eps_uncond, eps_cond, run.scale, ab_t, ab_prev, noise,
+        return _guided_ddim_step(run.xp, x, eps_uncond, eps_cond, s, ab_t, ab_prev, run.eta,
+                                 noise)
+    return _guided_ddpm_step(run.xp, x, eps_uncond, eps_cond, s, ab_t, ab_prev, noise,
                              run.variance_type, run.zero_beta_tilde)
 
 

@@ -108,6 +108,32 @@ def target(request) -> Target:
     return request.param
 
 
+# JAX rows in the CI profile: at most 10 examples per test (the tests ask for 15–60). Eager
+# JAX compiles every operation anew for each new shape and dtype, so a Hypothesis example
+# there costs 10–100× a NumPy one: the JAX rows took 325 s of a 1058 s suite (2026-12-01). The NumPy, torch and
+# array-api-strict rows of the same tests keep the full count; what a JAX row adds over them
+# (dtype and device propagation, x64 coefficients, the namespace) does not depend on the
+# values drawn. Other profiles ("dev", "thorough") run the full count on every row.
+JAX_CI_EXAMPLES = 10
+
+
+@pytest.fixture(autouse=True)
+def _fewer_examples_on_jax_rows(request):
+    fn = getattr(request, "function", None)
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    on_jax = any(isinstance(v, Target) and v.backend == "jax" for v in params.values())
+    current = getattr(fn, "_hypothesis_internal_use_settings", None)
+    if (not on_jax or current is None or settings._current_profile != "ci"
+            or current.max_examples <= JAX_CI_EXAMPLES):
+        yield
+        return
+    fn._hypothesis_internal_use_settings = settings(current, max_examples=JAX_CI_EXAMPLES)
+    try:
+        yield
+    finally:
+        fn._hypothesis_internal_use_settings = current
+
+
 @pytest.fixture(params=TARGETS_F64)
 def target64(request) -> Target:
     return request.param

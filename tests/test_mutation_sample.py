@@ -29,6 +29,7 @@ KILL = ["tests/test_mutants_killed.py"]
 FWD = ["tests/test_hand_values.py", *KILL, "tests/test_forward.py"]
 STEPS = ["tests/test_hand_values.py", *KILL, "tests/test_steps.py"]
 GUIDE = ["tests/test_hand_values.py", *KILL, "tests/test_guidance.py"]
+GV, SV = "tests/test_guidance_variants.py", "tests/test_sampling_variants.py"
 
 # (function, text in its source, replacement, test files): the text must occur exactly once
 SAMPLE = [
@@ -63,8 +64,22 @@ SAMPLE = [
      "xp.max(logits, axis=None, keepdims=True)", KILL),           # a survivor of the full run
     ("refdiff.schedules:cosine_schedule", "f[1:] / f[:-1]", "f[:-1] / f[1:]",
      ["tests/test_schedules.py"]),
-    ("refdiff.sampling:_levels", "(t, abs_[i], abs_[i + 1])", "(t, abs_[i], abs_[i])",
+    ("refdiff._prologue:_levels", "(t, abs_[i], abs_[i + 1])", "(t, abs_[i], abs_[i])",
      ["tests/test_sampling.py"]),
+    ("refdiff.guidance_variants:_apg", "update = (delta - par) + eta * par",
+     "update = (delta - par) + eta * delta", [f"{GV}::test_apg_hand_values"]),
+    ("refdiff.guidance_variants:_parallel", "return (m_v * coef) * u_hat",
+     "return coef * u_hat", [f"{GV}::test_apg_hand_values"]),     # the scaling not undone
+    ("refdiff.guidance_variants:_cfgpp_ddim_step", "c = -sqrt(xp, ab_prev) *",
+     "c = -sqrt(xp, ab_t) *", [f"{GV}::test_cfgpp_hand_values"]),
+    ("refdiff.scale_schedules:_scheduled_scale", "g.sigma_lo < sigma <= g.sigma_hi",
+     "g.sigma_lo <= sigma <= g.sigma_hi", [f"{GV}::test_scheduled_scale_hand_values"]),
+    ("refdiff._loop:_branches", "_model_output(xp, learned, _guide(model, g), x, t, g.uncond)",
+     "_model_output(xp, learned, model, x, t, g.uncond)",
+     [f"{SV}::test_guiding_model_evaluates_the_unconditional_branch"]),  # autoguidance ignored
+    ("refdiff._loop:_eps_pair", "_converted(xp, x, o, ab_t, ptype, \"epsilon\")",
+     "_converted(xp, x, o, ab_t, \"epsilon\", \"epsilon\")",
+     [f"{SV}::test_cfgpp_run_is_the_hand_loop"]),                  # v taken for ε
     ("refdiff.training:_min_snr_weight", "min(ab, gamma * (1.0 - ab))", "min(ab, gamma * ab)",
      ["tests/test_training.py"]),
     ("refdiff.oracle:GaussianMixture._softmax", "xp.max(log_joint, axis=1, keepdims=True)",

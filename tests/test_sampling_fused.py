@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import refdiff as rd
-import refdiff.sampling as sampling
+import refdiff._loop as _loop
 from test_fused import U, _terms, bound
 
 SCH = rd.linear_schedule(1000)
@@ -71,8 +71,8 @@ def _noises(kw, ts, dtype, seed):
 
 def _count_fused(monkeypatch):
     calls = []
-    real = sampling._loop_step
-    monkeypatch.setattr(sampling, "_loop_step", lambda *a: calls.append(1) or real(*a))
+    real = _loop._loop_step
+    monkeypatch.setattr(_loop, "_loop_step", lambda *a: calls.append(1) or real(*a))
     return calls
 
 

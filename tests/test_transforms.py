@@ -42,6 +42,10 @@ Excluded from the table, and why:
   table;
 - ``DynamicThreshold``, ``PRESETS``, ``INVERSION_PRESETS``, the tuples of names: options
   and constants, not functions of arrays.
+- the guidance-scale schedules and APG's settings (``sigma_from_alpha_bar``,
+  ``scheduled_scale``, ``interval_from_steps``, ``ScaleSchedule``, ``APG``,
+  ``GUIDANCE_METHODS``, ``SCHEDULE_KINDS``): host floats per step, not per-call array math
+  (:func:`refdiff.apg` and :func:`refdiff.cfgpp_ddim_step` are in the table).
 
 Run time: see the pytest durations of CI (``--durations``); the torch captures and the
 Inductor compilations dominate.
@@ -175,6 +179,13 @@ CASES = [
     Case("cfg_multi", lambda u, c1, c2, s1, s2: rd.cfg_multi(u, [c1, c2], [s1, s2]),
          _xs(3), [(7.5, -2.0), (0.4, 1.0), (3.0, 0.0)], 10),
     Case("guidance_rescale", lambda g, c: rd.guidance_rescale(g, c, 0.7), _xs(2), [], N + 16),
+    # apg: the norm (N squares and sums), the threshold quotient, the two scaled sums of the
+    # projection (2N), its quotient and products, the update and the guided sum: 3N + 24
+    Case("apg", lambda u, c, r, s: rd.apg(u, c, s, eta=0.3, norm_threshold=2.0,
+                                          momentum=-0.5, running=r), _xs(3), SCALES, 3 * N + 24),
+    # λ ≤ 0.9: _magnitude steps each level by a relative 1e-6, and λ > 1 is refused
+    Case("cfgpp_ddim_step", lambda x, u, c, lam, a, p: rd.cfgpp_ddim_step(x, u, c, lam, a, p),
+         _xs(3), [(0.6, *PAIRS[0]), (0.2, *PAIRS[1]), (0.9, *PAIRS[2])], 14),
     Case("classifier_guided_eps", lambda e, g, a, s: rd.classifier_guided_eps(e, g, a, s),
          _xs(2), [(0.3, 2.0), (0.05, 10.0), (0.8, -1.0)], 8),
     Case("classifier_guided_mean", lambda m, g, v, s: rd.classifier_guided_mean(m, v, g, s),
@@ -747,7 +758,9 @@ def test_table_covers_every_public_per_call_function():
                 "Schedule", "sample", "ddim_invert", "Guidance", "sample_timesteps",
                 "sample_guidance_scales", "drop_condition", "cfg_scale_from_w",
                 "w_from_cfg_scale", "DynamicThreshold", "PRESETS", "INVERSION_PRESETS",
-                "PREDICTION_TYPES", "SPACINGS", "VARIANCE_TYPES", "ORIGINAL_SPACINGS"}
+                "PREDICTION_TYPES", "SPACINGS", "VARIANCE_TYPES", "ORIGINAL_SPACINGS",
+                "sigma_from_alpha_bar", "scheduled_scale", "interval_from_steps",
+                "ScaleSchedule", "APG", "GUIDANCE_METHODS", "SCHEDULE_KINDS"}
     missing = set(rd.__all__) - covered - excluded - {"classifier_gradient"}
     assert not missing, f"public functions with no transformation test: {sorted(missing)}"
     assert "classifier_gradient/analytic" in {c.name for c in CASES}

@@ -312,7 +312,7 @@ class JaxBackend(Backend):
 
 def _jax_loop(loop: Any, model: Any, eta: float, branches: str) -> Callable[..., Any]:
     from refdiff.fused import guided_ddim_step as step
-    from refdiff.sampling import _model_output
+    from refdiff._loop import _model_output
 
     key: Any = (model, eta, branches)
     try:

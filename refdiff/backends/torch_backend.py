@@ -150,7 +150,7 @@ def _torch_step(loop: Any, eta: float, cudagraphs: bool) -> Callable[..., Any]:
 
 def _sample_torch(loop: Any, model: Any, x_T: Any, g: Any, run: Any, generator: Any) -> Any:
     from refdiff.compiled import RunInfo, _quiet_dynamo
-    from refdiff.sampling import _model_output
+    from refdiff._loop import _model_output
 
     backend, dev = get_backend("torch"), x_T.device
     noisy = run.eta > 0

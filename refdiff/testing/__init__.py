@@ -26,6 +26,8 @@ from refdiff.testing._engine import CheckResult
 from refdiff.testing.checks import (Target, check_cfg, check_classifier_guidance,
                                     check_posterior, check_q_sample, check_schedule,
                                     check_timesteps)
+from refdiff.testing.apg_check import check_apg
+from refdiff.testing.guidance_checks import check_cfgpp, check_guidance_interval
 from refdiff.testing.step_checks import (check_ddim_step, check_ddpm_learned_variance,
                                          check_ddpm_step, check_sampling_loop, default_model)
 from refdiff.testing.tolerance import RTOL, ConformanceError, assert_close
@@ -36,10 +38,12 @@ CHECKS = {
     "ddpm_learned": check_ddpm_learned_variance, "ddim": check_ddim_step,
     "cfg": check_cfg, "classifier_guidance": check_classifier_guidance,
     "loop": check_sampling_loop,
+    "guidance_interval": check_guidance_interval, "apg": check_apg, "cfgpp": check_cfgpp,
 }
 
 __all__ = ["CHECKS", "RTOL", "CheckResult", "ConformanceError", "Target", "assert_close",
-           "check_cfg", "check_classifier_guidance", "check_ddim_step",
+           "check_apg", "check_cfg", "check_cfgpp", "check_classifier_guidance",
+           "check_ddim_step", "check_guidance_interval",
            "check_ddpm_learned_variance", "check_ddpm_step",
            "check_posterior", "check_q_sample", "check_sampling_loop", "check_schedule",
            "check_timesteps", "default_model", "strategies"]

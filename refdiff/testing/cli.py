@@ -45,9 +45,9 @@ from typing import Any, Callable
 from refdiff.cli import UsageError
 
 SCHEDULE_CHECKS = ("q_sample", "posterior", "ddpm", "ddpm_learned", "ddim",
-                   "classifier_guidance", "loop")
+                   "classifier_guidance", "loop", "cfgpp")
 ARRAY_CHECKS = ("q_sample", "posterior", "ddpm", "ddpm_learned", "ddim", "cfg",
-                "classifier_guidance", "loop")
+                "classifier_guidance", "loop", "apg", "cfgpp")
 # keyword arguments of a check that the command line sets itself, not through --option
 STRUCTURAL = ("schedule", "target", "max_examples", "seed", "model")
 EXTRAS = {"diffusers": "diffusers", "torch": "torch", "array_api_strict": "test", "jax": "jax"}
@@ -116,6 +116,10 @@ def _option_values() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "dtype": one_of("float64", "float32", "float16", "bfloat16"),
         "spacings": (f"names out of {', '.join(rd.SPACINGS)}", _names(rd.SPACINGS)),
         "kinds": (f"names out of {', '.join(SCHEDULE_KINDS)}", _names(SCHEDULE_KINDS)),
+        "convention": one_of("sigma", "steps"), "formulation": one_of("paper", "diffusers"),
+        "alpha_bar_index": one_of("t", "t_minus_1"),
+        "norm_threshold": ("a number >= 0", _when(lambda v: _is_real(v) and v >= 0, float)),
+        "momentum": ("a number in [-1, 1]", _when(lambda v: _is_real(v) and -1 <= v <= 1, float)),
     }
 
 

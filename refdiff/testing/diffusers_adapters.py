@@ -602,3 +602,79 @@ def run_checks(adapter: DiffusersScheduler, checks=None, *, max_examples: int | 
             result.classification = adapter.explain(name, result, kwargs)
         results.append(result)
     return results
+
+
+# ----- adaptive projected guidance (diffusers.guiders) ---------------------------------------
+
+def diffusers_apg(use_original_formulation: bool = False,
+                  scale_shift: float | None = None) -> Callable:
+    """diffusers' ``normalized_guidance`` (``diffusers.guiders.adaptive_projected_guidance``)
+    with :func:`~refdiff.testing.check_apg`'s adapter signature (torch arrays).
+
+    ``guidance_scale = scale − scale_shift``; the default shift is the one diffusers' own
+    guiders imply for the flag: 0 for ``use_original_formulation=False`` (its result is then
+    pred_uncond + s·update, s the CFG scale) and 1 for ``True`` (pred_cond +
+    guidance_scale·update: the paper's form with guidance_scale = w − 1 = s − 1). With
+    ``momentum=``/``state=`` (check_apg's momentum run) the state is diffusers'
+    ``MomentumBuffer(momentum)``, created at the first step. ``norm_dim`` is left at None
+    (all non-batch axes, as the check's norms).
+    """
+    from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer, normalized_guidance
+
+    shift = (1.0 if use_original_formulation else 0.0) if scale_shift is None else scale_shift
+
+    def candidate(pred_uncond, pred_cond, scale, *, eta, norm_threshold, **run):
+        buffer = None
+        if run:
+            buffer = run["state"] if run.get("state") is not None else MomentumBuffer(run["momentum"])
+        out = normalized_guidance(pred_cond, pred_uncond, scale - shift, buffer, eta=eta,
+                                  norm_threshold=norm_threshold,
+                                  use_original_formulation=use_original_formulation)
+        return (out, buffer) if run else out
+    return candidate
+
+
+def check_diffusers_apg(use_original_formulation: bool = False, *,
+                        scale_shift: float | None = None,
+                        target: Target = Target("torch", "float32"), **options: Any) -> CheckResult:
+    """:func:`~refdiff.testing.check_apg` on :func:`diffusers_apg`, with a runnable
+    reproduction and a ``classification`` of a failure.
+
+    ``options`` go to check_apg (``eta``, ``norm_threshold``, ``momentum``, ``formulation``,
+    ``max_examples``, ``seed``). A failure of a single-step run is replayed under the
+    formulation D_u + s·update: if that accounts for the counterexample, it is classified
+    as the finding that diffusers' default result is pred_uncond + guidance_scale·update,
+    which equals the paper's D_c + (s − 1)·update only where update = Δ (η = 1, no norm
+    threshold, no momentum); otherwise as a disagreement in the math.
+    """
+    from refdiff.testing import check_apg
+    from refdiff.testing import apg_check as AC
+    from refdiff.testing.checks import compare
+
+    candidate = diffusers_apg(use_original_formulation, scale_shift)
+    result = check_apg(candidate, target=target, **options)
+    args = f"use_original_formulation={use_original_formulation!r}"
+    if scale_shift is not None:
+        args += f", scale_shift={scale_shift!r}"
+    bind_reproduction(result, ["from refdiff.testing.diffusers_adapters import diffusers_apg",
+                               f"candidate = diffusers_apg({args})"], target)
+    if result.passed:
+        return result
+    result.classification = MATH
+    ce = result.counterexample or {}
+    if options.get("formulation", "paper") == "paper" and not options.get("momentum"):
+        du, dc = target.rounded(ce["pred_uncond"]), target.rounded(ce["pred_cond"])
+        s, eta, r = ce["scale"], ce["eta"], ce["norm_threshold"]
+        out = candidate(target.put(du), target.put(dc), s, eta=eta, norm_threshold=r)
+        expected, _ = AC._apg_reference(du, dc, s, eta, r, 0.0, None, "diffusers")
+        bound = AC._apg_bound(du, dc, s, eta, r, 0.0, None, None, target.dtype, "diffusers")[0]
+        try:
+            compare(out, expected, dtype=target.dtype, device=target.device, bound=bound)
+        except AssertionError:
+            return result
+        result.classification = (
+            f"finding: diffusers' normalized_guidance returns pred_uncond + guidance_scale*update "
+            f"({args}), the paper's D_c + (s - 1)*update only where update = D_c - D_u "
+            f"(eta = 1, no norm threshold, no momentum); here eta = {eta!r}, norm_threshold = "
+            f"{r!r} ({CONVENTION})")
+    return result
