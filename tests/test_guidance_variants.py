@@ -697,3 +697,45 @@ def test_exports():
     for name in ("APG", "apg", "cfgpp_ddim_step", "ScaleSchedule", "interval_from_steps",
                  "scheduled_scale", "sigma_from_alpha_bar"):
         assert name in rd.__all__
+
+
+# ----- what a mutation run of scale_schedules and guidance_variants found untested --------
+
+def test_cfgpp_per_sample_levels_are_the_float_levels_per_row():
+    """Per-sample (B,) ᾱ arrays take the array path of the coefficients (xp.sqrt, cast):
+    each row equals the step with that row's Python-float levels (a namespace of None, or a
+    host sqrt applied to an array, breaks it)."""
+    rng = np.random.default_rng(3)
+    x, eu, ec = rng.standard_normal((3, 2, 4))
+    ab_t, ab_prev = np.array([0.3, 0.6]), np.array([0.5, 0.9])
+    got = rd.cfgpp_ddim_step(x, eu, ec, 0.7, ab_t, ab_prev)
+    for b in range(2):
+        row = rd.cfgpp_ddim_step(x[b:b + 1], eu[b:b + 1], ec[b:b + 1], 0.7, float(ab_t[b]),
+                                 float(ab_prev[b]))
+        np.testing.assert_allclose(got[b:b + 1], row, rtol=0, atol=1e-15)
+
+
+def test_schedule_values_are_floats_and_the_last_zero_needs_one_step_before_it():
+    """ScaleSchedule stores its scale as a float (an int 3 gives 3.0, not 3); a two-element
+    list [σ_0, 0] is one step (the 0 dropped); equal neighbours are not descending."""
+    g = rd.ScaleSchedule("constant", 3)
+    assert type(g.scale) is float and type(rd.scheduled_scale(g, 0, 1, 1.0)) is float
+    assert rd.interval_from_steps([1.0, 0.0], 0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="sigmas"):
+        rd.interval_from_steps([2.0, 2.0, 1.0], 0, 1)
+
+
+@pytest.mark.parametrize("make, error", [
+    (lambda: rd.interval_from_steps([1.0, -1.0], 0, 0), ValueError),      # σ < 0
+    (lambda: rd.interval_from_steps([2.0, 1.0], -1, 0), ValueError),      # first < 0
+    (lambda: rd.interval_from_steps([2.0, 1.0], 0, -2), ValueError),      # last < −1
+    (lambda: rd.interval_from_steps([2.0, 1.0], 3, 1), ValueError),       # first > n
+    (lambda: rd.scheduled_scale(rd.ScaleSchedule("constant", 2.0), -1, 3, 1.0), ValueError),
+    (lambda: rd.scheduled_scale(rd.ScaleSchedule("constant", 2.0), 0, 3, True), ValueError),
+    (lambda: rd.sigma_from_alpha_bar(-0.5), ValueError),
+    (lambda: rd.ScaleSchedule("interval", 2.0, sigma_hi=math.nan), ValueError),
+    (lambda: rd.ScaleSchedule("step", 2.0, stop=-0.5), ValueError),
+])
+def test_out_of_range_arguments_are_refused(make, error):
+    with pytest.raises(error):
+        make()

@@ -15,7 +15,8 @@ import refdiff
 PKG = pathlib.Path(refdiff.__file__).parent
 MATH_MODULES = ["_xp", "schedules", "forward", "classifier_free", "classifier_guidance",
                 "steps", "sampling", "oracle", "training", "distillation", "thresholding",
-                "respacing", "presets", "fused"]
+                "respacing", "presets", "fused", "guidance_variants", "scale_schedules",
+                "_loop", "_prologue"]
 
 
 def _imports(path: pathlib.Path) -> set[str]:
