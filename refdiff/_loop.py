@@ -76,6 +76,8 @@ def _model_x0_eps(run: Any, model: Any, g: Any, x: Any, t: int, ab_t: float, s: 
     if run.rescale == 0:
         return (*_x0_eps_of(xp, x, out, ab_t, ptype), var, running)
     space = run.rescale_space
+    # always through (x̂_0, ε̂), also when space is the output's: _converted would skip that
+    # round trip for v and change the rescaled results of 0.4 in the last bits
     guided, cond = (_prediction_from_x0_eps(xp, *_predict_x0_eps(xp, x, o, ab_t, ptype), ab_t,
                                             space) for o in (out, out_c))
     return (*_x0_eps_of(xp, x, _guidance_rescale(xp, guided, cond, run.rescale), ab_t, space),

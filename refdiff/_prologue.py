@@ -187,8 +187,8 @@ def _step_scales(xp: Any, method: str, scale: Any, levels: list[tuple[int, float
                        for i, (_, ab_t, _) in enumerate(levels))
     else:
         scales = (scale,) * n
-    if method == "cfg++":  # λ in [0, 1] (CFGPP), each step's value
-        for s in scales:
+    if method == "cfg++":  # λ in [0, 1] (CFGPP): each scheduled value, a constant once
+        for s in scales if isinstance(scale, ScaleSchedule) else scales[:1]:
             _xp.level(xp, "Guidance.scale (lambda of CFG++)", s, None)
     return scales
 

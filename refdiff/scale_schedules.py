@@ -121,13 +121,13 @@ class ScaleSchedule:
                              f"sigma_hi={hi}")
         start = _xp.number("ScaleSchedule.start", self.start, lo=0.0, hi=1.0)
         stop = _xp.number("ScaleSchedule.stop", self.stop, lo=0.0, hi=1.0)
-        defaults = {"interval": ("sigma_lo", "sigma_hi"), "step": ("start", "stop")}
-        for name, value, default in (("sigma_lo", lo, 0.0), ("sigma_hi", hi, math.inf),
-                                     ("start", start, 0.0), ("stop", stop, 1.0)):
-            if value != default and name not in defaults.get(self.kind, ()):
-                raise ValueError(f"ScaleSchedule.{name} applies to kind="
-                                 f"{'interval' if name.startswith('sigma') else 'step'!r} "
-                                 f"only, got {name}={value} with kind={self.kind!r}")
+        for name, value, default, owner in (("sigma_lo", lo, 0.0, "interval"),
+                                            ("sigma_hi", hi, math.inf, "interval"),
+                                            ("start", start, 0.0, "step"),
+                                            ("stop", stop, 1.0, "step")):
+            if value != default and self.kind != owner:
+                raise ValueError(f"ScaleSchedule.{name} applies to kind={owner!r} only, got "
+                                 f"{name}={value} with kind={self.kind!r}")
             object.__setattr__(self, name, float(value))
 
 

@@ -24,7 +24,8 @@ settings.register_profile(
 settings.register_profile(
     "thorough", deadline=None, print_blob=True, max_examples=1000,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev")
+settings.load_profile(PROFILE)
 
 try:
     import torch
@@ -123,7 +124,7 @@ def _fewer_examples_on_jax_rows(request):
     params = getattr(getattr(request.node, "callspec", None), "params", {})
     on_jax = any(isinstance(v, Target) and v.backend == "jax" for v in params.values())
     current = getattr(fn, "_hypothesis_internal_use_settings", None)
-    if (not on_jax or current is None or settings._current_profile != "ci"
+    if (not on_jax or current is None or PROFILE != "ci"
             or current.max_examples <= JAX_CI_EXAMPLES):
         yield
         return

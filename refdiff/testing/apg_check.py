@@ -32,11 +32,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import refdiff as rd
+from refdiff import _xp
 from refdiff.testing import bounds as B
 from refdiff.testing import strategies as S
 from refdiff.testing._engine import CheckResult, run
 from refdiff.testing.checks import Target, compare, snippet
-from refdiff.testing.guidance_checks import _choice
 
 FORMULATIONS = ("paper", "diffusers")
 APG_STEPS = 3          # steps of a run with momentum
@@ -233,7 +233,7 @@ def check_apg(candidate: Callable, *, formulation: str = "paper", eta: float | N
     >>> bool(check_apg(mine, max_examples=20))
     True
     """
-    _choice("formulation", formulation, FORMULATIONS)
+    _xp.choice("formulation", formulation, FORMULATIONS)
     beta = float(rd.APG(momentum=momentum).momentum)
     k = APG_STEPS if beta != 0 else 1
 

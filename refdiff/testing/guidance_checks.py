@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 from hypothesis import assume, strategies as st
 
 import refdiff as rd
+from refdiff import _xp
 from refdiff.testing import bounds as B
 from refdiff.testing import strategies as S
 from refdiff.testing._engine import CheckResult, disagree, run
@@ -45,11 +46,6 @@ from refdiff.testing.tolerance import notify, to_numpy
 
 CONVENTIONS = ("sigma", "steps")
 ALPHA_BAR_INDICES = ("t", "t_minus_1")
-
-
-def _choice(name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
 # ----- guidance interval ------------------------------------------------------------------
@@ -158,7 +154,7 @@ def check_guidance_interval(candidate: Callable, *, convention: str = "sigma",
     >>> bool(check_guidance_interval(hand_interval(), max_examples=20))
     True
     """
-    _choice("convention", convention, CONVENTIONS)
+    _xp.choice("convention", convention, CONVENTIONS)
     ends = ("first", "last") if convention == "steps" else ("sigma_lo", "sigma_hi")
 
     def trial(ex):
@@ -307,7 +303,7 @@ def check_cfgpp(candidate: Callable, *, schedule=None, alpha_bar_index: str = "t
     >>> bool(check_cfgpp(hand_cfgpp(rd.linear_schedule(1000)), max_examples=20))
     True
     """
-    _choice("alpha_bar_index", alpha_bar_index, ALPHA_BAR_INDICES)
+    _xp.choice("alpha_bar_index", alpha_bar_index, ALPHA_BAR_INDICES)
     sched, src = resolve_schedule(schedule)
 
     def trial(ex):
