@@ -44,7 +44,7 @@ DEFAULT_OUT = "mutation_report.md"  # in the current directory, with mutation_re
 
 MODULES = ("schedules", "forward", "steps", "classifier_free", "classifier_guidance",
            "sampling", "oracle", "training", "guidance_variants", "scale_schedules", "_loop",
-           "_prologue")
+           "_prologue", "paths", "noise_levels", "solvers", "ode_sampling", "oracle_paths")
 # mutmut's exit-code vocabulary (mutmut.stats.status_by_exit_code), folded to the report's
 STATUS = {1: "killed", 3: "killed", 37: "killed", 0: "survived", 5: "no tests", 33: "no tests",
           34: "skipped", 36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout",

@@ -62,7 +62,7 @@ def public_calls(library: str = "numpy") -> dict[str, Callable[[], Any]]:
     inputs = _tiny_inputs(library)
     calls: dict[str, Callable[[], Any]] = {}
     for group in (_guidance_calls, _forward_calls, _step_calls, _schedule_calls,
-                  _sampling_calls, _training_calls):
+                  _sampling_calls, _training_calls, _path_calls, _solver_calls):
         calls.update(group(inputs))
     return calls
 
@@ -203,6 +203,51 @@ def _training_calls(a: SimpleNamespace) -> dict[str, Callable[[], Any]]:
         "guidance_distillation_target": lambda: rd.guidance_distillation_target(u, c, 7.5),
         "guided_ddim_step": lambda: rd.guided_ddim_step(x, u, c, 7.5, 0.3, 0.55),
         "guided_ddpm_step": lambda: rd.guided_ddpm_step(x, u, c, 7.5, 0.3, 0.55, z),
+    }
+
+
+def _path_calls(a: SimpleNamespace) -> dict[str, Callable[[], Any]]:
+    """Gaussian paths, conversions between predictions, and lists of noise levels."""
+    x, u = a.x, a.u
+    return {
+        "path_coefficients": lambda: rd.path_coefficients("vp", 0.3),
+        "path_sigma": lambda: rd.path_sigma("flow", 0.6),
+        "path_level": lambda: rd.path_level("vp", 2.0),
+        "change_path": lambda: rd.change_path(x, "ve", 2.0, "flow"),
+        "path_x0_eps": lambda: rd.path_x0_eps(x, u, 0.4, 0.6, "velocity"),
+        "path_prediction": lambda: rd.path_prediction(x, u, 0.4, 0.6, "v_prediction"),
+        "convert_prediction": lambda: rd.convert_prediction(x, u, 0.4, 0.6, "epsilon", "velocity"),
+        "karras_sigmas": lambda: rd.karras_sigmas(30, 0.002, 80.0),
+        "vp_sigmas": lambda: rd.vp_sigmas(a.sched, [999, 499, 0]),
+        "time_shift": lambda: rd.time_shift(0.4, 3.0),
+        "exponential_time_shift": lambda: rd.exponential_time_shift(0.4, 1.15),
+        "dynamic_shift": lambda: rd.dynamic_shift(1024),
+        "flow_times": lambda: rd.flow_times(28, shift=3.0),
+    }
+
+
+def _solver_calls(a: SimpleNamespace) -> dict[str, Callable[[], Any]]:
+    """The σ-space and flow steps, and their loops (10 steps each)."""
+    x, u, c, z = a.x, a.u, a.c, a.z
+    state = rd.MultistepState(c, 4.0)
+    sig = [float(v) for v in rd.karras_sigmas(10, 0.002, 80.0)]
+
+    def denoiser(x_m, sigma, cond):
+        return u if cond is None else c
+
+    return {
+        "euler_step": lambda: rd.euler_step(x, u, 2.0, 1.0),
+        "heun_step": lambda: rd.heun_step(x, u, 2.0, 1.0, c),
+        "ancestral_sigmas": lambda: rd.ancestral_sigmas(2.0, 1.0),
+        "euler_ancestral_step": lambda: rd.euler_ancestral_step(x, u, 2.0, 1.0, z),
+        "flow_euler_step": lambda: rd.flow_euler_step(x, u, 0.8, 0.6),
+        "dpmpp_2m_step": lambda: rd.dpmpp_2m_step(x, u, 2.0, 1.0, state),
+        "sample_ode (10 DPM-Solver++(2M) steps, CFG)": lambda: rd.sample_ode(
+            denoiser, x, sig, solver="dpmpp_2m",
+            guidance=rd.Guidance(cond=1, uncond=None, scale=3.0)),
+        "sample_flow (10 steps, CFG)": lambda: rd.sample_flow(
+            denoiser, x, [float(t) for t in rd.flow_times(10, shift=3.0)],
+            guidance=rd.Guidance(cond=1, uncond=None, scale=3.0)),
     }
 
 

@@ -51,3 +51,21 @@ def committed_state() -> dict[str, tuple[int, int]]:
               if ".cache" not in p.parts and "__pycache__" not in p.parts]
     return {str(p.relative_to(REPO)): (p.stat().st_mtime_ns, p.stat().st_size)
             for p in files if p.is_file()}
+
+
+def machine() -> str:
+    """The cores, the CPU model and NumPy's version, for a generated page."""
+    import os
+    import platform
+
+    import numpy as np
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cores} CPU cores available to the process ({model}), NumPy {np.__version__}"

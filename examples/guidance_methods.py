@@ -45,8 +45,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import platform
 import sys
 import time
 from typing import Any, Callable
@@ -54,7 +52,7 @@ from typing import Any, Callable
 import numpy as np
 
 import refdiff as rd
-from _output import parse_args
+from _output import machine, parse_args
 from _study_findings import Experiment, findings
 from _study_metrics import (K_GUIDES, K_MAIN, Truth, eps_model, first_order_autoguidance,
                             make_truth, metrics, study_mixture)
@@ -217,18 +215,6 @@ def ddim_sigmas(schedule: Any, steps: int) -> tuple[Any, list, tuple]:
     return ts, sig, (min(seff), max(seff), len(ts))
 
 
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        model = names[0] if names else model
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cores} CPU cores available to the process ({model}), NumPy {np.__version__}"
-
-
 # ----- main ------------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
@@ -268,7 +254,7 @@ def main(argv=None) -> int:
     x_T = np.random.default_rng(2024).standard_normal((n, gm.dim))
     ts, sig, seff = ddim_sigmas(schedule, steps["ddim"])
     steps_in = {k: sum(lo < s <= hi for s in sig[:-1]) for k, (lo, hi) in INTERVALS.items()}
-    run = Run(f"python examples/guidance_methods.py {argv_text}".strip(), _machine(), quick,
+    run = Run(f"python examples/guidance_methods.py {argv_text}".strip(), machine(), quick,
               n, n_ref, steps, sig, ts, steps_in, R_APG, seff)
     _log_truth(truth, run, schedule, print)
     exps = experiments(quick, schedule, y, apg_gaps(gm), seff)

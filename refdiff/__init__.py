@@ -20,6 +20,14 @@ from refdiff.guidance_variants import APG, apg, cfgpp_ddim_step
 from refdiff.sampling import GUIDANCE_METHODS, Guidance, ddim_invert, sample
 from refdiff.scale_schedules import (SCHEDULE_KINDS, ScaleSchedule, interval_from_steps,
                                      scheduled_scale, sigma_from_alpha_bar)
+from refdiff.noise_levels import (FINAL_LEVELS, dynamic_shift, exponential_time_shift,
+                                  flow_times, karras_sigmas, time_shift, vp_sigmas)
+from refdiff.ode_sampling import SOLVERS, sample_flow, sample_ode
+from refdiff.paths import (PATH_PREDICTIONS, PATHS, change_path, convert_prediction,
+                           path_coefficients, path_level, path_prediction, path_sigma,
+                           path_x0_eps)
+from refdiff.solvers import (MultistepState, ancestral_sigmas, dpmpp_2m_step, euler_ancestral_step,
+                             euler_step, flow_euler_step, heun_step)
 from refdiff.respacing import ORIGINAL_SPACINGS, compvis_timesteps, guided_diffusion_timesteps
 from refdiff.schedules import (SPACINGS, Schedule, cosine_schedule,
                                guided_diffusion_linear_schedule, inference_timesteps,
@@ -30,7 +38,7 @@ from refdiff.steps import (VARIANCE_TYPES, ddim_inversion_step, ddim_sigma, ddim
 from refdiff.training import (alpha_bar_at, diffusion_loss, drop_condition, min_snr_weight,
                               sample_timesteps, snr)
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 __all__ = [
     "INVERSION_PRESETS", "PRESETS", "PREDICTION_TYPES", "SPACINGS", "VARIANCE_TYPES", "Guidance", "Schedule", "cfg", "cfg_multi",
@@ -51,4 +59,11 @@ __all__ = [
     "APG", "GUIDANCE_METHODS", "apg", "cfgpp_ddim_step",  # refdiff.guidance_variants
     "SCHEDULE_KINDS", "ScaleSchedule", "interval_from_steps", "scheduled_scale",
     "sigma_from_alpha_bar",  # refdiff.scale_schedules
+    "PATHS", "PATH_PREDICTIONS", "change_path", "convert_prediction", "path_coefficients",
+    "path_level", "path_prediction", "path_sigma", "path_x0_eps",  # refdiff.paths
+    "FINAL_LEVELS", "dynamic_shift", "exponential_time_shift", "flow_times", "karras_sigmas",
+    "time_shift", "vp_sigmas",  # refdiff.noise_levels
+    "MultistepState", "ancestral_sigmas", "dpmpp_2m_step", "euler_ancestral_step", "euler_step",
+    "flow_euler_step", "heun_step",  # refdiff.solvers
+    "SOLVERS", "sample_flow", "sample_ode",  # refdiff.ode_sampling
 ]

@@ -162,6 +162,10 @@ def _checked_method(g: Any, sampler: str, eta: Any, rescale: float, classifier_s
         raise ValueError(f"Guidance.apg applies to method='apg' only, got method={method!r}")
     if method == "apg":
         a = g.apg or APG()
+        if a.space == "velocity":
+            raise ValueError("APG.space='velocity' applies to refdiff.sample_ode and "
+                             "refdiff.sample_flow; sample() takes 'sample', 'epsilon', "
+                             "'v_prediction' or None")
         if a.eta == 1 and a.norm_threshold == 0 and a.momentum == 0:
             return "cfg", None  # update = Δ: APG is CFG (in any space), run as CFG
         return method, a

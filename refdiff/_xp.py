@@ -394,6 +394,13 @@ def is_zero(xp: Any, v: Any) -> bool:
     return readable(v) and bool(xp.any(v == 0))
 
 
+def is_positive(xp: Any, v: Any) -> bool:
+    """True where a readable value is > 0 (a Python float, or any element of a readable array)."""
+    if not is_array(v):
+        return v > 0
+    return readable(v) and bool(xp.any(v > 0))
+
+
 def choice(name: str, value: Any, valid: tuple[str, ...]) -> str:
     """Raise ValueError unless ``value`` is one of ``valid``; the message lists them."""
     if value not in valid:

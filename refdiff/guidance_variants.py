@@ -37,7 +37,7 @@ from typing import Any
 from refdiff import _xp
 from refdiff._xp import cast, sqrt
 from refdiff.classifier_free import _cfg
-from refdiff.forward import PREDICTION_TYPES
+from refdiff.paths import PATH_PREDICTIONS
 from refdiff.fused import _guided_inputs
 from refdiff.steps import _ddim_step
 
@@ -56,9 +56,10 @@ class APG:
         r ≥ 0; 0 = off (the paper pairs r with each model; diffusers' default is 15).
     momentum : float
         β in [−1, 1]; 0 = off (the paper's momentum is negative).
-    space : {"sample", "epsilon", "v_prediction"} or None
+    space : {"sample", "epsilon", "v_prediction", "velocity"} or None
         Where Δ is projected: "sample" (x̂_0, the paper's denoised prediction; default), or
-        None for the model's output space (diffusers' guider).
+        None for the model's output space (diffusers' guider); "velocity" (u = ε − x_0) in
+        :func:`refdiff.sample_ode` and :func:`refdiff.sample_flow` only.
 
     References
     ----------
@@ -80,7 +81,7 @@ class APG:
                 raise TypeError(f"APG.{name} must be a Python float, got an array")
             object.__setattr__(self, name, _xp.number(f"APG.{name}", value, lo=lo, hi=hi))
         if self.space is not None:
-            _xp.choice("APG.space", self.space, PREDICTION_TYPES)
+            _xp.choice("APG.space", self.space, PATH_PREDICTIONS)
 
 
 # ----- bodies: math only ------------------------------------------------------------------

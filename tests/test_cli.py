@@ -86,7 +86,7 @@ def test_bad_cuda_device_one_line(tmp_path):
 def test_version():
     proc = _refdiff("--version")
     assert proc.returncode == 0 and proc.stdout.strip() == f"refdiff {refdiff.__version__}"
-    assert refdiff.__version__ == "0.5.0"
+    assert refdiff.__version__ == "0.6.0"
 
 
 def test_demo_help_is_plain_text_with_defaults():

@@ -16,7 +16,8 @@ PKG = pathlib.Path(refdiff.__file__).parent
 MATH_MODULES = ["_xp", "schedules", "forward", "classifier_free", "classifier_guidance",
                 "steps", "sampling", "oracle", "training", "distillation", "thresholding",
                 "respacing", "presets", "fused", "guidance_variants", "scale_schedules",
-                "_loop", "_prologue"]
+                "_loop", "_prologue", "paths", "noise_levels", "solvers", "ode_sampling",
+                "oracle_paths"]
 
 
 def _imports(path: pathlib.Path) -> set[str]:

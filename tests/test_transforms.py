@@ -46,6 +46,11 @@ Excluded from the table, and why:
   ``scheduled_scale``, ``interval_from_steps``, ``ScaleSchedule``, ``APG``,
   ``GUIDANCE_METHODS``, ``SCHEDULE_KINDS``): host floats per step, not per-call array math
   (:func:`refdiff.apg` and :func:`refdiff.cfgpp_ddim_step` are in the table).
+- the lists of noise levels (``karras_sigmas``, ``vp_sigmas``, ``flow_times``,
+  ``dynamic_shift``, ``FINAL_LEVELS``), built on the host once per run like the schedules;
+  the loops ``sample_ode`` and ``sample_flow`` (``SOLVERS``) like ``sample``; the names
+  ``PATHS``, ``PATH_PREDICTIONS`` and the state type ``MultistepState`` (constants and a
+  container, not functions of arrays: ``dpmpp_2m_step`` with a state is in the table).
 
 Run time: see the pytest durations of CI (``--durations``); the torch captures and the
 Inductor compilations dominate.
@@ -134,6 +139,9 @@ def _classifier_data(rng: np.random.Generator) -> list:
 
 
 INV = [(0.6, 0.3), (0.2, 0.05), (0.95, 0.8)]       # (ᾱ_t, ᾱ_next), ᾱ_next ≤ ᾱ_t
+SIG_PAIRS = [(2.0, 1.0), (10.0, 0.5), (0.3, 0.1)]   # (σ, σ'), 0 < σ' < σ
+SIGMAS1 = [(2.0,), (10.0,), (0.3,)]
+AB2 = [(0.6, 0.8), (1.0, 2.0), (0.3, 0.7)]           # (a, b) of x = a·x_0 + b·ε
 AB = [(0.3,), (0.05,), (0.8,)]
 SCALES = [(7.5,), (0.4,), (-1.5,)]
 
@@ -212,6 +220,33 @@ CASES = [
         _xs(3), AB, N + 16),
     Case("alpha_bar_at", lambda t: rd.alpha_bar_at(SCHEDULE, t),
          lambda rng: [np.array([0, 777])], [], 1),
+    # Gaussian paths: levels (a, b) or a path's level; σ-space steps: (σ, σ'), σ' ≤ σ
+    Case("path_coefficients", lambda a: rd.path_coefficients("vp", a), lambda rng: [], AB, 4),
+    Case("path_sigma", lambda a: rd.path_sigma("vp", a), lambda rng: [], AB, 6),
+    Case("path_level", lambda s: rd.path_level("flow", s), lambda rng: [], SIGMAS1, 4),
+    Case("change_path", lambda x, a: rd.change_path(x, "vp", a, "flow"), _xs(1), AB, 12),
+    Case("path_x0_eps/velocity", lambda x, m, a, b: rd.path_x0_eps(x, m, a, b, "velocity"),
+         _xs(2), AB2, 8),
+    Case("path_x0_eps/v_prediction", lambda x, m, a, b: rd.path_x0_eps(
+        x, m, a, b, "v_prediction"), _xs(2), AB2, 12),
+    Case("path_prediction", lambda x0, e, a, b: rd.path_prediction(x0, e, a, b, "v_prediction"),
+         _xs(2), AB2, 10),
+    Case("convert_prediction", lambda x, m, a, b: rd.convert_prediction(
+        x, m, a, b, "epsilon", "velocity"), _xs(2), AB2, 10),
+    Case("time_shift", lambda t: rd.time_shift(t, 3.0), lambda rng: [], AB, 6),
+    Case("exponential_time_shift", lambda t: rd.exponential_time_shift(t, 1.15),
+         lambda rng: [], AB, 8),
+    Case("euler_step", lambda x, d, s, n: rd.euler_step(x, d, s, n), _xs(2), SIG_PAIRS, 8),
+    Case("heun_step", lambda x, d, dn, s, n: rd.heun_step(x, d, s, n, dn), _xs(3), SIG_PAIRS, 14),
+    Case("ancestral_sigmas", lambda s, n: rd.ancestral_sigmas(s, n, 0.7), lambda rng: [],
+         SIG_PAIRS, 14),
+    Case("euler_ancestral_step", lambda x, d, z, s, n: rd.euler_ancestral_step(x, d, s, n, z),
+         _xs(3), SIG_PAIRS, 20),
+    Case("flow_euler_step", lambda x, u, t, n: rd.flow_euler_step(x, u, t, n), _xs(2),
+         [(0.9, 0.5), (0.7, 0.2), (0.3, 0.1)], 4),
+    Case("dpmpp_2m_step", lambda x, d, dp, s, n, p: rd.dpmpp_2m_step(
+        x, d, s, n, rd.MultistepState(dp, p))[0], _xs(3),
+        [(2.0, 1.0, 4.0), (10.0, 0.5, 20.0), (0.3, 0.1, 0.6)], 20),
 ]
 
 # refdiff.fused is being written alongside this file: its fused steps join the table when the
@@ -760,7 +795,10 @@ def test_table_covers_every_public_per_call_function():
                 "w_from_cfg_scale", "DynamicThreshold", "PRESETS", "INVERSION_PRESETS",
                 "PREDICTION_TYPES", "SPACINGS", "VARIANCE_TYPES", "ORIGINAL_SPACINGS",
                 "sigma_from_alpha_bar", "scheduled_scale", "interval_from_steps",
-                "ScaleSchedule", "APG", "GUIDANCE_METHODS", "SCHEDULE_KINDS"}
+                "ScaleSchedule", "APG", "GUIDANCE_METHODS", "SCHEDULE_KINDS",
+                "karras_sigmas", "vp_sigmas", "flow_times", "dynamic_shift", "FINAL_LEVELS",
+                "sample_ode", "sample_flow", "SOLVERS", "PATHS", "PATH_PREDICTIONS",
+                "MultistepState"}
     missing = set(rd.__all__) - covered - excluded - {"classifier_gradient"}
     assert not missing, f"public functions with no transformation test: {sorted(missing)}"
     assert "classifier_gradient/analytic" in {c.name for c in CASES}

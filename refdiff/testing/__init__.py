@@ -28,6 +28,10 @@ from refdiff.testing.checks import (Target, check_cfg, check_classifier_guidance
                                     check_timesteps)
 from refdiff.testing.apg_check import check_apg
 from refdiff.testing.guidance_checks import check_cfgpp, check_guidance_interval
+from refdiff.testing.level_checks import check_flow_times, check_karras_sigmas
+from refdiff.testing.solver_checks import (check_dpmpp_2m, check_euler_ancestral_step,
+                                           check_euler_step, check_flow_euler_step,
+                                           check_heun_step)
 from refdiff.testing.step_checks import (check_ddim_step, check_ddpm_learned_variance,
                                          check_ddpm_step, check_sampling_loop, default_model)
 from refdiff.testing.tolerance import RTOL, ConformanceError, assert_close
@@ -39,11 +43,16 @@ CHECKS = {
     "cfg": check_cfg, "classifier_guidance": check_classifier_guidance,
     "loop": check_sampling_loop,
     "guidance_interval": check_guidance_interval, "apg": check_apg, "cfgpp": check_cfgpp,
+    "euler": check_euler_step, "heun": check_heun_step,
+    "euler_ancestral": check_euler_ancestral_step, "flow_euler": check_flow_euler_step,
+    "dpmpp_2m": check_dpmpp_2m, "karras": check_karras_sigmas, "flow_times": check_flow_times,
 }
 
 __all__ = ["CHECKS", "RTOL", "CheckResult", "ConformanceError", "Target", "assert_close",
            "check_apg", "check_cfg", "check_cfgpp", "check_classifier_guidance",
-           "check_ddim_step", "check_guidance_interval",
+           "check_ddim_step", "check_dpmpp_2m", "check_euler_ancestral_step",
+           "check_euler_step", "check_flow_euler_step", "check_flow_times",
+           "check_guidance_interval", "check_heun_step", "check_karras_sigmas",
            "check_ddpm_learned_variance", "check_ddpm_step",
            "check_posterior", "check_q_sample", "check_sampling_loop", "check_schedule",
            "check_timesteps", "default_model", "strategies"]

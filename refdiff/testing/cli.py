@@ -7,6 +7,12 @@ Targets:
   the checks judge what the configuration uses (its schedule, its own timestep list, the
   conventions it implies), and each failure is classified as a finding about diffusers (a
   known convention) or a disagreement in the math.
+- ``diffusers:EulerDiscreteScheduler``, ``diffusers:EulerAncestralDiscreteScheduler``,
+  ``diffusers:HeunDiscreteScheduler``, ``diffusers:DPMSolverMultistepScheduler``,
+  ``diffusers:FlowMatchEulerDiscreteScheduler``, with ``--config`` likewise
+  (``use_karras_sigmas=True``, ``shift=3.0``, ``use_dynamic_shifting=True`` with ``mu=0.8``):
+  the step check, "timesteps" (the configured σ or flow-time list for every n), "karras" /
+  "flow_times" where they apply (:mod:`refdiff.testing.diffusers_solvers`).
 - ``module:function``: your own function with the adapter signature of the check chosen with
   ``--checks`` (``ddpm_learned``: the DDPM step with a learned variance, the variance channel
   as ``var_values=``; ``--option clip_x0=dynamic:0.995:1.5``: dynamic thresholding) (a function whose first parameter is named ``schedule`` gets the check's
@@ -47,7 +53,8 @@ from refdiff.cli import UsageError
 SCHEDULE_CHECKS = ("q_sample", "posterior", "ddpm", "ddpm_learned", "ddim",
                    "classifier_guidance", "loop", "cfgpp")
 ARRAY_CHECKS = ("q_sample", "posterior", "ddpm", "ddpm_learned", "ddim", "cfg",
-                "classifier_guidance", "loop", "apg", "cfgpp")
+                "classifier_guidance", "loop", "apg", "cfgpp", "euler", "heun",
+                "euler_ancestral", "flow_euler", "dpmpp_2m")
 # keyword arguments of a check that the command line sets itself, not through --option
 STRUCTURAL = ("schedule", "target", "max_examples", "seed", "model")
 EXTRAS = {"diffusers": "diffusers", "torch": "torch", "array_api_strict": "test", "jax": "jax"}
@@ -300,18 +307,15 @@ def _run_diffusers(args) -> list:
     _require("torch")
     config = _pairs(args.config, "--config")
     name = args.target.split(":", 1)[1]
+    from refdiff.testing import diffusers_solvers as DS
+    if name in DS.NAMES:
+        return _run_diffusers_solver(args, DS, name, config)
     try:
         adapter = DiffusersScheduler(name, **config)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"--config {exc}" if name in ("DDIMScheduler", "DDPMScheduler")
                          else f"{args.target}: {exc}") from None
-    checks = args.checks or list(adapter.checks())
-    bad = [c for c in checks if c not in adapter.checks()]
-    if bad:
-        raise UsageError(f"--checks {bad[0]} does not apply to {args.target}; choose from "
-                         f"{', '.join(adapter.checks())}")
-    options = _options(args.option, checks, fixed=adapter.conventions,
-                       accepted=lambda c: set() if c == "timesteps" else _accepted(c))
+    checks, options = _adapter_checks(args, adapter)
     c = adapter.config
     notes = [f"schedule {adapter.schedule_spec()!r}",
              f"timesteps: every n, {c['timestep_spacing']} spacing, steps_offset={c['steps_offset']}",
@@ -323,6 +327,32 @@ def _run_diffusers(args) -> list:
                      "check (its model returns eps only)")
     print(f"target: {adapter!r} ({'; '.join(notes)}; see docs/testing.md)")
     return run_checks(adapter, checks, max_examples=args.max_examples, seed=args.seed, **options)
+
+
+def _adapter_checks(args, adapter) -> tuple[list, dict]:
+    """The --checks (all that apply by default) and their --option values for an adapter."""
+    checks = args.checks or list(adapter.checks())
+    bad = [c for c in checks if c not in adapter.checks()]
+    if bad:
+        raise UsageError(f"--checks {bad[0]} does not apply to {args.target}; choose from "
+                         f"{', '.join(adapter.checks())}")
+    options = _options(args.option, checks, fixed=adapter.conventions,
+                       accepted=lambda c: set() if c == "timesteps" else _accepted(c))
+    return checks, options
+
+
+def _run_diffusers_solver(args, DS, name: str, config: dict) -> list:
+    """A σ-space or flow scheduler (:mod:`refdiff.testing.diffusers_solvers`)."""
+    try:
+        adapter = DS.DiffusersSolver(name, **config)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--config {exc}") from None
+    checks, options = _adapter_checks(args, adapter)
+    t = adapter.target
+    print(f"target: {adapter!r} (timesteps: its own list for n = 1 ... 200, 250, 500, 1000; "
+          f"step checks on {t.backend} {t.dtype}; see docs/testing.md)")
+    return DS.run_solver_checks(adapter, checks, max_examples=args.max_examples, seed=args.seed,
+                                **options)
 
 
 def _run_function(args) -> list:

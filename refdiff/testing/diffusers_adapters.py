@@ -560,6 +560,17 @@ def check_configured_timesteps(adapter: DiffusersScheduler) -> CheckResult:
         settings={"every_n": True})
 
 
+def checked_names(adapter: Any, checks) -> list:
+    """The checks to run on an adapter (all that apply when ``checks`` is None); ValueError
+    for one that does not apply."""
+    names = list(checks or adapter.checks())
+    for name in names:
+        if name not in adapter.checks():
+            raise ValueError(f"check {name!r} does not apply to {adapter.name}; choose from "
+                             f"{', '.join(adapter.checks())}")
+    return names
+
+
 def run_checks(adapter: DiffusersScheduler, checks=None, *, max_examples: int | None = None,
                seed: int | None = None, **options: Any) -> list:
     """Run the applicable checks on a diffusers adapter with the implied conventions.
@@ -577,11 +588,7 @@ def run_checks(adapter: DiffusersScheduler, checks=None, *, max_examples: int | 
     """
     from refdiff.testing import CHECKS
 
-    names = list(checks or adapter.checks())
-    for name in names:
-        if name not in adapter.checks():
-            raise ValueError(f"check {name!r} does not apply to {adapter.name}; choose from "
-                             f"{', '.join(adapter.checks())}")
+    names = checked_names(adapter, checks)
     results = []
     for name in names:
         if name == "timesteps":
