@@ -1,6 +1,9 @@
 """Hypothesis strategies the tests share (the public ones are in refdiff.testing.strategies)."""
 
+import os
+
 import numpy as np
+import pytest
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -45,3 +48,16 @@ def per_sample_alpha_pair(draw, B):
 
 
 scales = st.one_of(st.sampled_from([0.0, 1.0, 0.5, -1.0, 7.5]), st.floats(-10, 10))
+
+
+def worst_ratio_report(worst: dict):
+    """An autouse module fixture: with REFDIFF_REPORT_RATIOS=1 (and pytest -s) it prints, after
+    the module's tests, each row's max error/bound collected in ``worst`` ({key: [ratios]})."""
+    @pytest.fixture(scope="module", autouse=True)
+    def _report_worst():
+        yield
+        if os.environ.get("REFDIFF_REPORT_RATIOS"):
+            for key in sorted(worst):
+                print(key, f"{max(worst[key]):.3g}")
+    return _report_worst
+

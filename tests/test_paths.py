@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import refdiff as rd
+from strategies import worst_ratio_report
 from refdiff.testing import assert_close
 from refdiff.testing.strategies import flush_tiny
 
@@ -50,15 +51,7 @@ def path_level(draw):
 
 _WORST: dict = {}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _report_worst():
-    """With REFDIFF_REPORT_RATIOS=1 (and pytest -s), print each row's max error/bound."""
-    yield
-    import os
-    if os.environ.get("REFDIFF_REPORT_RATIOS"):
-        for key in sorted(_WORST):
-            print(key, f"{max(_WORST[key]):.3g}")
+_report_worst = worst_ratio_report(_WORST)  # REFDIFF_REPORT_RATIOS=1 pytest -s prints them
 
 
 # ----- hand values: paths ---------------------------------------------------------------------

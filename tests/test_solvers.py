@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import refdiff as rd
+from strategies import worst_ratio_report
 from refdiff.testing import assert_close
 from refdiff.testing.strategies import flush_tiny
 from refdiff.testing.tolerance import to_numpy
@@ -70,15 +71,7 @@ _WORST: dict = {}
 def _record(name, target, res):
     _WORST.setdefault((name, target.id), []).append(res["ratio"])
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _report_worst():
-    """With REFDIFF_REPORT_RATIOS=1 (and pytest -s), print each row's max error/bound."""
-    yield
-    import os
-    if os.environ.get("REFDIFF_REPORT_RATIOS"):
-        for key in sorted(_WORST):
-            print(key, f"{max(_WORST[key]):.3g}")
+_report_worst = worst_ratio_report(_WORST)  # REFDIFF_REPORT_RATIOS=1 pytest -s prints them
 
 
 # ----- hand values --------------------------------------------------------------------------
