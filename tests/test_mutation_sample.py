@@ -30,6 +30,11 @@ FWD = ["tests/test_hand_values.py", *KILL, "tests/test_forward.py"]
 STEPS = ["tests/test_hand_values.py", *KILL, "tests/test_steps.py"]
 GUIDE = ["tests/test_hand_values.py", *KILL, "tests/test_guidance.py"]
 GV, SV = "tests/test_guidance_variants.py", "tests/test_sampling_variants.py"
+SOLV = [f"tests/test_solvers.py::test_{n}_hand_values" for n in
+        ("euler_and_heun", "ancestral", "dpmpp_2m", "flow_euler")]
+PATHS = [f"tests/test_paths.py::test_{n}_hand_values" for n in
+         ("path", "prediction", "karras_sigmas", "shifts", "flow_times_and_vp_sigmas")]
+LOOP = ["tests/test_ode_sampling.py"]
 
 # (function, text in its source, replacement, test files): the text must occur exactly once
 SAMPLE = [
@@ -84,6 +89,26 @@ SAMPLE = [
      ["tests/test_training.py"]),
     ("refdiff.oracle:GaussianMixture._softmax", "xp.max(log_joint, axis=1, keepdims=True)",
      "xp.max(log_joint, axis=None, keepdims=True)", KILL),        # a survivor of the full run
+    # the σ-space and flow samplers, the paths and the lists of levels
+    ("refdiff.solvers:_second_order_coefficient",
+     "_xp.log(xp, sigma / sigma_next) / (2.0 * h_prev)", "_xp.log(xp, sigma / sigma_next) / h_prev",
+     SOLV),                                                         # 1/r for 1/(2r)
+    ("refdiff.solvers:_heun", "0.5 * (1.0 - sigma / sigma_next)",
+     "0.5 * (1.0 - sigma_next / sigma)", SOLV),                     # d' over σ for σ'
+    ("refdiff.solvers:_ancestral_sigmas", "down2 = sigma_next**2 - up**2",
+     "down2 = sigma_next**2 - up", SOLV),
+    ("refdiff.solvers:_euler_ancestral", "_euler(xp, x, denoised, sigma, down)",
+     "_euler(xp, x, denoised, sigma, sigma_next)", SOLV),           # no σ_down
+    ("refdiff.solvers:_flow_euler", "t_next - t", "t - t_next", SOLV),
+    ("refdiff.paths:_x0_eps", "ab * (x + a_ * out)", "ab * (x - a_ * out)", PATHS),
+    ("refdiff.paths:_prediction", "return eps - x0", "return x0 - eps", PATHS),
+    ("refdiff.noise_levels:time_shift", "s * t / (1.0 + (s - 1.0) * t)",
+     "s * t / (1.0 + s * t)", PATHS),
+    ("refdiff.noise_levels:karras_sigmas", "sig = [v ** rho for v in ramp]",
+     "sig = [v ** (rho - 1.0) for v in ramp]", PATHS),
+    ("refdiff.ode_sampling:_ode_step", "if sigma_next == 0:", "if sigma_next < 0:", LOOP),
+    ("refdiff.ode_sampling:_denoised", 'x_m = x if run.path == "ve" else k * x', "x_m = x", LOOP),
+    ("refdiff.oracle_paths:_vp_x0_eps", "a * a / c2", "b * b / c2", LOOP),
 ]
 
 
