@@ -571,6 +571,15 @@ def checked_names(adapter: Any, checks) -> list:
     return names
 
 
+def check_kwargs(adapter: Any, name: str, seed, max_examples, options: dict) -> dict:
+    """The keyword arguments of one check on an adapter: the conventions its configuration
+    implies, the search's seed and size, then the caller's options for that check."""
+    kwargs = dict(adapter.conventions(name), seed=seed, **options.get(name, {}))
+    if max_examples is not None:
+        kwargs["max_examples"] = max_examples
+    return kwargs
+
+
 def run_checks(adapter: DiffusersScheduler, checks=None, *, max_examples: int | None = None,
                seed: int | None = None, **options: Any) -> list:
     """Run the applicable checks on a diffusers adapter with the implied conventions.
@@ -594,9 +603,7 @@ def run_checks(adapter: DiffusersScheduler, checks=None, *, max_examples: int | 
         if name == "timesteps":
             result, kwargs = check_configured_timesteps(adapter), {}
         else:
-            kwargs = dict(adapter.conventions(name), seed=seed, **options.get(name, {}))
-            if max_examples is not None:
-                kwargs["max_examples"] = max_examples
+            kwargs = check_kwargs(adapter, name, seed, max_examples, options)
             if name != "schedule":
                 kwargs.update(schedule=adapter.schedule_spec(), target=adapter.target)
             if name == "loop" and adapter.is_ddim:

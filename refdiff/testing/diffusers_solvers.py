@@ -350,7 +350,7 @@ def run_solver_checks(adapter: DiffusersSolver, checks=None, *, max_examples: in
         For a check that does not apply to the scheduler.
     """
     from refdiff.testing._engine import bind_reproduction
-    from refdiff.testing.diffusers_adapters import checked_names
+    from refdiff.testing.diffusers_adapters import check_kwargs, checked_names
     from refdiff.testing.diffusers_sigma_lists import check_configured_sigmas, explain_check
 
     names = checked_names(adapter, checks)
@@ -360,9 +360,7 @@ def run_solver_checks(adapter: DiffusersSolver, checks=None, *, max_examples: in
         if name == "timesteps":
             result = check_configured_sigmas(adapter)
         else:
-            kwargs = dict(adapter.conventions(name), seed=seed, **options.get(name, {}))
-            if max_examples is not None:
-                kwargs["max_examples"] = max_examples
+            kwargs = check_kwargs(adapter, name, seed, max_examples, options)
             lists = name in ("karras", "flow_times")
             kwargs.update({"dtype": "float32"} if lists else {"target": adapter.target})
             result = _check_functions()[name](adapter.adapter(name), **kwargs)
